@@ -1,0 +1,64 @@
+"""Small helpers shared by the layers: initialisers, dense/conv factories, l2norm."""
+
+import keras
+from keras import ops
+
+
+def torch_kernel_initializer():
+    """The default weight init of `torch.nn.Linear`/`Conv2d` (kaiming uniform, a=sqrt(5)).
+
+    It draws from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which keeps training dynamics close to
+    imagen-pytorch's (Keras' glorot default is wider for small layers).
+    """
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+    )
+
+
+def dense(units, *, use_bias=True, name=None, dtype=None, kernel_initializer=None):
+    """A `keras.layers.Dense` initialised like `torch.nn.Linear`."""
+    return keras.layers.Dense(
+        units,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer or torch_kernel_initializer(),
+        name=name,
+        dtype=dtype,
+    )
+
+
+def conv2d(filters, kernel_size, *, strides=1, use_bias=True, name=None, dtype=None):
+    """A channels-last `keras.layers.Conv2D` initialised like `torch.nn.Conv2d`.
+
+    Stride-1 convolutions with odd kernels use "same" padding, which equals torch's
+    `padding=k // 2`. Strided convolutions are padded explicitly by their callers so that
+    every backend pads exactly as the reference does.
+    """
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same" if strides == 1 else "valid",
+        use_bias=use_bias,
+        kernel_initializer=torch_kernel_initializer(),
+        name=name,
+        dtype=dtype,
+    )
+
+
+def l2norm(x, axis=-1, eps=1e-12):
+    """`torch.nn.functional.normalize`: x / max(||x||, eps)."""
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
+    return x / ops.maximum(norm, ops.cast(eps, x.dtype))
+
+
+def cast_tuple(value, length, name):
+    """A value or per-level sequence as a tuple of `length`, with a clear error."""
+    if isinstance(value, (list, tuple)):
+        value = tuple(value)
+        if len(value) != length:
+            raise ValueError(
+                f"`{name}` must have one entry per level of `dim_mults` ({length}). "
+                f"Received: {name}={value}"
+            )
+        return value
+    return (value,) * length
