@@ -1,0 +1,318 @@
+"""Elucidated diffusion (EDM): noise levels, preconditioning, loss weight and Heun sampler.
+
+Small separate pieces in the style of NVlabs/edm and k-diffusion: the sampler takes a
+denoiser `denoise_fn(x, sigma) -> x0 estimate` and knows nothing about networks. Noise
+levels `sigma` are standard deviations of the added noise (`x = x0 + sigma * eps`,
+images not rescaled). The numerics and defaults follow imagen-pytorch 2.1.0's
+`ElucidatedImagen`.
+
+Reference:
+- [Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
+    2022](https://arxiv.org/abs/2206.00364).
+"""
+
+import math
+import numbers
+import random
+
+import keras
+from keras import ops
+
+
+def _is_positive_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def karras_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """The EDM sampling noise levels, with a trailing zero.
+
+    `sigma_i = (sigma_max**(1/rho) + i / (N - 1) (sigma_min**(1/rho) -
+    sigma_max**(1/rho)))**rho` for `i = 0 .. N - 1`, then `sigma_N = 0`; computed in
+    float32 like imagen-pytorch's `sample_schedule` (so `sigma_0` is 79.99998, not 80).
+    With `num_steps=1` the schedule is `[sigma_max, 0]`.
+
+    Args:
+        num_steps: int, at least 1. Number of sampling steps `N`.
+        sigma_min: positive float. Smallest non-zero noise level. Defaults to `0.002`.
+        sigma_max: float above `sigma_min`. Largest noise level. Defaults to `80.0`.
+        rho: positive float. Curvature; larger spends more steps at low noise.
+            Defaults to `7.0`.
+
+    Returns:
+        A float32 tensor of shape `(num_steps + 1,)`, decreasing, ending in 0.
+
+    Raises:
+        ValueError: if `num_steps` is not a positive int, `sigma_min` is not positive,
+            `sigma_max <= sigma_min`, or `rho` is not positive.
+
+    Reference:
+    - [Karras et al., 2022](https://arxiv.org/abs/2206.00364), eq. 5.
+    """
+    if not _is_positive_int(num_steps):
+        raise ValueError(f"`num_steps` must be a positive int. Received: num_steps={num_steps!r}")
+    if not sigma_min > 0:
+        raise ValueError(f"`sigma_min` must be positive. Received: sigma_min={sigma_min!r}")
+    if not sigma_max > sigma_min:
+        raise ValueError(
+            f"`sigma_max` must be larger than `sigma_min` ({sigma_min}). "
+            f"Received: sigma_max={sigma_max!r}"
+        )
+    if not rho > 0:
+        raise ValueError(f"`rho` must be positive. Received: rho={rho!r}")
+    inv_rho = 1.0 / rho
+    max_inv_rho = sigma_max**inv_rho
+    steps = ops.arange(num_steps, dtype="float32")
+    ramp = steps / float(max(num_steps - 1, 1))
+    sigmas = ops.power(max_inv_rho + ramp * (sigma_min**inv_rho - max_inv_rho), float(rho))
+    return ops.concatenate([sigmas, ops.zeros((1,), dtype="float32")], axis=0)
+
+
+def edm_preconditioning(sigma, sigma_data=0.5):
+    """EDM preconditioning coefficients: `D(x) = c_skip x + c_out F(c_in x, c_noise)`.
+
+    `c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)`,
+    `c_out = sigma sigma_data / sqrt(sigma**2 + sigma_data**2)`,
+    `c_in = 1 / sqrt(sigma**2 + sigma_data**2)` and `c_noise = log(sigma) / 4` (with
+    `sigma` clamped at 1e-20 inside the log, as imagen-pytorch does; EDM's paper uses
+    the same `ln(sigma) / 4`). `c_noise` is what the network is conditioned on.
+
+    Args:
+        sigma: float tensor (any shape, usually `(batch,)`) of noise levels. Pad it to
+            the images' rank before multiplying images by the coefficients.
+        sigma_data: float. Standard deviation of the data. Defaults to `0.5`.
+
+    Returns:
+        A tuple `(c_skip, c_out, c_in, c_noise)` of float32 tensors shaped like `sigma`.
+
+    Reference:
+    - [Karras et al., 2022](https://arxiv.org/abs/2206.00364), table 1.
+    """
+    sigma = ops.cast(sigma, "float32")
+    total = ops.square(sigma) + sigma_data**2
+    c_skip = sigma_data**2 / total
+    c_out = sigma * sigma_data * ops.rsqrt(total)
+    c_in = ops.rsqrt(total)
+    c_noise = ops.log(ops.maximum(sigma, 1e-20)) * 0.25
+    return c_skip, c_out, c_in, c_noise
+
+
+def edm_loss_weight(sigma, sigma_data=0.5):
+    """EDM loss weight `lambda(sigma) = (sigma**2 + sigma_data**2) / (sigma sigma_data)**2`.
+
+    Applied to the squared error of the denoiser output `D` against `x0`; it makes the
+    effective network target unit-variance at every noise level.
+
+    Args:
+        sigma: float tensor (any shape) of noise levels.
+        sigma_data: float. Standard deviation of the data. Defaults to `0.5`.
+
+    Returns:
+        A float32 tensor shaped like `sigma`.
+
+    Reference:
+    - [Karras et al., 2022](https://arxiv.org/abs/2206.00364), table 1.
+    """
+    sigma = ops.cast(sigma, "float32")
+    return (ops.square(sigma) + sigma_data**2) / ops.square(sigma * sigma_data)
+
+
+def edm_training_sigmas(shape, P_mean=-1.2, P_std=1.2, seed=None):
+    """Training noise levels, log-normal: `sigma = exp(P_mean + P_std * N(0, 1))`.
+
+    Args:
+        shape: int (a batch size) or tuple of ints.
+        P_mean: float. Mean of `log(sigma)`. Defaults to `-1.2`.
+        P_std: float. Standard deviation of `log(sigma)`. Defaults to `1.2`.
+        seed: int, `keras.random.SeedGenerator` or `None`, passed to
+            `keras.random.normal`. Pass a `SeedGenerator` inside compiled code.
+
+    Returns:
+        A float32 tensor of the given shape.
+
+    Reference:
+    - [Karras et al., 2022](https://arxiv.org/abs/2206.00364), table 1.
+    """
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    normal = keras.random.normal(shape, dtype="float32", seed=seed)
+    return ops.exp(P_mean + P_std * normal)
+
+
+def heun_churn_gamma(sigma, num_steps, S_churn=80.0, S_tmin=0.05, S_tmax=50.0):
+    """How much noise the stochastic sampler adds at noise level `sigma`.
+
+    `gamma = min(S_churn / num_steps, sqrt(2) - 1)` where `S_tmin <= sigma <= S_tmax`
+    (bounds inclusive, as imagen-pytorch's `one_unet_sample`), else 0.
+
+    Args:
+        sigma: float tensor (any shape) of noise levels.
+        num_steps: int, at least 1. Number of sampling steps `N`.
+        S_churn: non-negative float. Total churn. Defaults to `80.0`.
+        S_tmin: float. Lowest noise level that gets churn. Defaults to `0.05`.
+        S_tmax: float. Highest noise level that gets churn. Defaults to `50.0`.
+
+    Returns:
+        A float32 tensor shaped like `sigma`.
+
+    Raises:
+        ValueError: if `num_steps` is not a positive int or `S_churn` is negative.
+
+    Reference:
+    - [Karras et al., 2022](https://arxiv.org/abs/2206.00364), algorithm 2.
+    """
+    if not _is_positive_int(num_steps):
+        raise ValueError(f"`num_steps` must be a positive int. Received: num_steps={num_steps!r}")
+    if not S_churn >= 0:
+        raise ValueError(f"`S_churn` must be non-negative. Received: S_churn={S_churn!r}")
+    sigma = ops.cast(sigma, "float32")
+    gamma = min(S_churn / num_steps, math.sqrt(2.0) - 1.0)
+    inside = ops.logical_and(sigma >= S_tmin, sigma <= S_tmax)
+    return ops.where(inside, gamma, 0.0)
+
+
+def heun_sample(
+    denoise_fn,
+    x_init,
+    sigmas,
+    *,
+    S_churn=80.0,
+    S_tmin=0.05,
+    S_tmax=50.0,
+    S_noise=1.003,
+    seed=None,
+):
+    """EDM's stochastic Heun sampler (2nd order, with churn), as a compilable loop.
+
+    For each step `i` (`N = len(sigmas) - 1` steps):
+    `gamma = heun_churn_gamma(sigma_i, N, ...)`, `sigma_hat = sigma_i (1 + gamma)`,
+    `x_hat = x + sqrt(sigma_hat**2 - sigma_i**2) S_noise eps`,
+    `d = (x_hat - D(x_hat, sigma_hat)) / sigma_hat`,
+    `x = x_hat + (sigma_{i+1} - sigma_hat) d` (Euler), and where `sigma_{i+1} != 0` the
+    2nd-order correction `d' = (x - D(x, sigma_{i+1})) / sigma_{i+1}`,
+    `x = x_hat + (sigma_{i+1} - sigma_hat) (d + d') / 2`. This is imagen-pytorch's
+    `ElucidatedImagen.one_unet_sample` without inpainting and self-conditioning. Like
+    the reference it draws `eps` at every step, even where `gamma = 0` (so step `i`'s
+    noise does not depend on the churn window); with `S_churn=0` or `S_noise=0` it draws
+    nothing. The result is not clamped.
+
+    Args:
+        denoise_fn: callable `(x, sigma) -> x0 estimate`, with `sigma` a float32 tensor
+            of shape `(batch,)` and the result shaped like `x`; e.g. a preconditioned,
+            guided and thresholded network.
+        x_init: float tensor `(batch, ...)`, the starting point, usually
+            `sigmas[0] * N(0, 1)` (plus an init image).
+        sigmas: float tensor `(N + 1,)` of decreasing noise levels, e.g.
+            `karras_sigmas(N)`. Slice it to skip steps; note that `N` (and so the churn)
+            then changes.
+        S_churn: non-negative float. Defaults to `80.0`; `0` gives the deterministic
+            sampler (algorithm 1).
+        S_tmin: float. Defaults to `0.05`.
+        S_tmax: float. Defaults to `50.0`.
+        S_noise: float. Scale of the churn noise. Defaults to `1.003`.
+        seed: int, `keras.random.SeedGenerator` or `None`. Step `i` draws the noise
+            that the `i`-th draw of `SeedGenerator(seed)` would give; a passed generator
+            is advanced by `N` draws (inside a JAX-jitted function, map its state with a
+            `keras.StatelessScope`, as for any `keras.random` call). `None` picks a seed
+            from Python's `random` (seeded by `keras.utils.set_random_seed`); inside
+            compiled code it becomes a constant of the trace, so pass a seed there.
+
+    Returns:
+        A tensor shaped like `x_init`, the samples at noise level `sigmas[-1]`.
+
+    Raises:
+        ValueError: if `sigmas` is not 1-D with at least 2 entries, or `seed` is not
+            an int, a `SeedGenerator` or `None`.
+
+    Example:
+
+    ```python
+    # Exact denoiser of data ~ N(0, 0.5**2): samples come out with std ~0.5.
+    def denoise(x, sigma):
+        return 0.25 / (0.25 + ops.reshape(sigma, (-1, 1, 1, 1)) ** 2) * x
+
+    sigmas = karras_sigmas(32)
+    x_init = sigmas[0] * keras.random.normal((4, 8, 8, 3), seed=0)
+    images = heun_sample(denoise, x_init, sigmas, S_churn=0.0, seed=1)
+    ```
+
+    Reference:
+    - [Karras et al., 2022](https://arxiv.org/abs/2206.00364), algorithm 2.
+    """
+    sigmas = ops.cast(sigmas, "float32")
+    if len(sigmas.shape) != 1 or sigmas.shape[0] is None or sigmas.shape[0] < 2:
+        raise ValueError(
+            "`sigmas` must be a 1-D tensor with at least 2 entries. "
+            f"Received: sigmas with shape {tuple(sigmas.shape)}"
+        )
+    num_steps = sigmas.shape[0] - 1
+    x_init = ops.convert_to_tensor(x_init)
+    shape, dtype = tuple(x_init.shape), x_init.dtype
+    seed_state = _initial_seed_state(seed)
+    seed_step = ops.convert_to_tensor([0, 1], dtype=seed_state.dtype)
+    batch = ops.ones((ops.shape(x_init)[0],), dtype="float32")
+    # Without churn every gamma is 0: skip the draws (the generator still advances).
+    adds_noise = S_churn > 0 and S_noise != 0
+
+    def denoise(x, sigma):
+        return ops.cast(denoise_fn(x, sigma * batch), dtype)
+
+    def step(i, x):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        gamma = heun_churn_gamma(sigma, num_steps, S_churn, S_tmin, S_tmax)
+        # Churn: raise the noise level from sigma to sigma_hat. sqrt(sigma_hat**2 - sigma**2)
+        # is written so that gamma = 0 gives exactly 0: XLA may fuse a difference of
+        # squares into an FMA that rounds below 0, and sqrt would give NaN.
+        sigma_hat = sigma * (1.0 + gamma)
+        x_hat = x
+        if adds_noise:
+            # Step i draws with the state a SeedGenerator would have after i draws.
+            step_seed = _StepSeed(seed_state + ops.cast(i, seed_state.dtype) * seed_step)
+            eps = keras.random.normal(shape, dtype=dtype, seed=step_seed) * S_noise
+            noise_scale = sigma * ops.sqrt(gamma * (2.0 + gamma))
+            x_hat = x + ops.cast(noise_scale, dtype) * eps
+        # Euler step from sigma_hat to sigma_next.
+        d = (x_hat - denoise(x_hat, sigma_hat)) / ops.cast(sigma_hat, dtype)
+        dt = ops.cast(sigma_next - sigma_hat, dtype)
+        x_euler = x_hat + dt * d
+
+        # 2nd-order correction, except on a step down to sigma = 0.
+        def heun():
+            d_next = (x_euler - denoise(x_euler, sigma_next)) / ops.cast(sigma_next, dtype)
+            return x_hat + 0.5 * dt * (d + d_next)
+
+        return ops.cond(sigma_next != 0.0, heun, lambda: x_euler)
+
+    x = ops.fori_loop(0, num_steps, step, x_init)
+    if isinstance(seed, keras.random.SeedGenerator):
+        seed.state.assign(seed_state + num_steps * seed_step)
+    return x
+
+
+class _StepSeed(keras.random.SeedGenerator):
+    """A seed-generator stand-in holding a seed-state tensor computed inside a loop.
+
+    `keras.random` functions accept only an int or a `SeedGenerator` and call its
+    `next()`; a real generator's state is a variable, which cannot be advanced inside a
+    compiled loop body. This subclass creates no variable and returns its tensor.
+    """
+
+    def __init__(self, state):
+        # No super().__init__(): that would create the state variable.
+        self._state = state
+
+    def next(self, ordered=True):
+        return self._state
+
+
+def _initial_seed_state(seed):
+    """The seed state (a `(2,)` integer tensor) to start from, as `SeedGenerator` holds it."""
+    if isinstance(seed, keras.random.SeedGenerator):
+        return ops.convert_to_tensor(seed.state.value)
+    if seed is None:
+        # What keras.random.SeedGenerator(None) does: keras.utils.set_random_seed seeds it.
+        seed = random.randint(1, 10**9)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        # uint32 is what SeedGenerator uses on JAX and is accepted by every backend.
+        return ops.convert_to_tensor([int(seed) & 0xFFFFFFFF, 0], dtype="uint32")
+    raise ValueError(
+        f"`seed` must be an int, a `keras.random.SeedGenerator` or None. Received: seed={seed!r}"
+    )
