@@ -52,6 +52,45 @@ def _downsample(dim_out, cross_embed_kernel_sizes, dtype, name):
     return Downsample(dim_out, dtype=dtype, name=name)
 
 
+def _resnet_blocks(
+    dim_in,
+    dim_out,
+    num_resnet_blocks,
+    cross_attn,
+    linear_cross_attn,
+    use_gca,
+    cond_dim,
+    time_cond_dim,
+    heads,
+    dim_head,
+    dtype,
+):
+    """A level's first ResnetBlock (with cross attention when enabled) and its extra ones."""
+    init_block = ResnetBlock(
+        dim_in,
+        dim_out,
+        cond_dim=cond_dim if (cross_attn or linear_cross_attn) else None,
+        time_cond_dim=time_cond_dim,
+        linear_attn=linear_cross_attn,
+        heads=heads,
+        dim_head=dim_head,
+        dtype=dtype,
+        name="init_block",
+    )
+    blocks = [
+        ResnetBlock(
+            dim_in,
+            dim_out,
+            time_cond_dim=time_cond_dim,
+            use_gca=use_gca,
+            dtype=dtype,
+            name=f"resnet_block_{i}",
+        )
+        for i in range(num_resnet_blocks)
+    ]
+    return init_block, blocks
+
+
 @keras.saving.register_keras_serializable(package="imagen_keras")
 class UnetDownLevel(keras.layers.Layer):
     """[pre-downsample] -> init ResnetBlock (cross attn) -> ResnetBlocks -> attention ->
@@ -117,29 +156,19 @@ class UnetDownLevel(keras.layers.Layer):
         self.pre_downsample = (
             _downsample(dim_out, ce, d, "pre_downsample") if memory_efficient else None
         )
-        layer_cond_dim = cond_dim if (cross_attn or linear_cross_attn) else None
-        self.init_block = ResnetBlock(
+        self.init_block, self.resnet_blocks = _resnet_blocks(
             current,
             current,
-            cond_dim=layer_cond_dim,
-            time_cond_dim=time_cond_dim,
-            linear_attn=linear_cross_attn,
-            heads=heads,
-            dim_head=dim_head,
-            dtype=d,
-            name="init_block",
+            num_resnet_blocks,
+            cross_attn,
+            linear_cross_attn,
+            use_gca,
+            cond_dim,
+            time_cond_dim,
+            heads,
+            dim_head,
+            d,
         )
-        self.resnet_blocks = [
-            ResnetBlock(
-                current,
-                current,
-                time_cond_dim=time_cond_dim,
-                use_gca=use_gca,
-                dtype=d,
-                name=f"resnet_block_{i}",
-            )
-            for i in range(num_resnet_blocks)
-        ]
         self.attn = _attn_block(attn, current, attn_depth, ff_mult, cond_dim, heads, dim_head, d)
         self.post_downsample = None
         if not memory_efficient:
@@ -230,29 +259,19 @@ class UnetUpLevel(keras.layers.Layer):
         )
         d = self.dtype_policy
         self.skip_scale = skip_scale
-        layer_cond_dim = cond_dim if (cross_attn or linear_cross_attn) else None
-        self.init_block = ResnetBlock(
+        self.init_block, self.resnet_blocks = _resnet_blocks(
             dim_out + skip_dim,
             dim_out,
-            cond_dim=layer_cond_dim,
-            time_cond_dim=time_cond_dim,
-            linear_attn=linear_cross_attn,
-            heads=heads,
-            dim_head=dim_head,
-            dtype=d,
-            name="init_block",
+            num_resnet_blocks,
+            cross_attn,
+            linear_cross_attn,
+            use_gca,
+            cond_dim,
+            time_cond_dim,
+            heads,
+            dim_head,
+            d,
         )
-        self.resnet_blocks = [
-            ResnetBlock(
-                dim_out + skip_dim,
-                dim_out,
-                time_cond_dim=time_cond_dim,
-                use_gca=use_gca,
-                dtype=d,
-                name=f"resnet_block_{i}",
-            )
-            for i in range(num_resnet_blocks)
-        ]
         self.attn = _attn_block(attn, dim_out, attn_depth, ff_mult, cond_dim, heads, dim_head, d)
         if upsample == "pixel_shuffle":
             self.upsample = PixelShuffleUpsample(dim_in, dtype=d, name="upsample")

@@ -157,7 +157,9 @@ def test_gradient_step_changes_weights(name):
     unet = Unet(**config)
     x, time, kwargs = make_inputs(config)
     trainer = UnetTrainer(unet, sorted(kwargs), cond_drop_prob=0.5)
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    # XLA only on JAX: compiling the train step with XLA is slow on TensorFlow CPU.
+    jit = keras.backend.backend() == "jax"
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=jit)
     inputs = {"x": x, "time": time, **kwargs}
     target = np.ones_like(x)
     trainer(inputs)

@@ -13,10 +13,12 @@ Reference:
 
 import math
 import numbers
-import random
 
 import keras
 from keras import ops
+
+from imagen_keras.diffusion.noise import StepSeed as _StepSeed
+from imagen_keras.diffusion.noise import initial_seed_state as _initial_seed_state
 
 
 def _is_positive_int(value):
@@ -285,34 +287,3 @@ def heun_sample(
     if isinstance(seed, keras.random.SeedGenerator):
         seed.state.assign(seed_state + num_steps * seed_step)
     return x
-
-
-class _StepSeed(keras.random.SeedGenerator):
-    """A seed-generator stand-in holding a seed-state tensor computed inside a loop.
-
-    `keras.random` functions accept only an int or a `SeedGenerator` and call its
-    `next()`; a real generator's state is a variable, which cannot be advanced inside a
-    compiled loop body. This subclass creates no variable and returns its tensor.
-    """
-
-    def __init__(self, state):
-        # No super().__init__(): that would create the state variable.
-        self._state = state
-
-    def next(self, ordered=True):
-        return self._state
-
-
-def _initial_seed_state(seed):
-    """The seed state (a `(2,)` integer tensor) to start from, as `SeedGenerator` holds it."""
-    if isinstance(seed, keras.random.SeedGenerator):
-        return ops.convert_to_tensor(seed.state.value)
-    if seed is None:
-        # What keras.random.SeedGenerator(None) does: keras.utils.set_random_seed seeds it.
-        seed = random.randint(1, 10**9)
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        # uint32 is what SeedGenerator uses on JAX and is accepted by every backend.
-        return ops.convert_to_tensor([int(seed) & 0xFFFFFFFF, 0], dtype="uint32")
-    raise ValueError(
-        f"`seed` must be an int, a `keras.random.SeedGenerator` or None. Received: seed={seed!r}"
-    )

@@ -1,0 +1,63 @@
+"""The only backend-specific code: compiling a function that reads a model's variables.
+
+keras-hub does the same in `keras_hub/src/models/text_to_image.py`: `jax.jit` with the
+variables passed explicitly (JAX is stateless), `tf.function` on TensorFlow, and
+`torch.no_grad` eager execution on PyTorch.
+"""
+
+import keras
+
+
+def compile_inference_function(model, fn):
+    """Wrap `fn(*args)` (which calls `model`'s layers) so it runs compiled on this backend.
+
+    Arguments must be tensors, arrays or `None`; Python values that change the trace
+    belong in `fn`'s closure. Variables are read, never updated.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        variables = list(model.trainable_variables) + list(model.non_trainable_variables)
+
+        @jax.jit
+        def compiled(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn(*args)
+
+        def run(*args):
+            return compiled([v.value for v in variables], *args)
+
+        return run
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    if backend == "torch":
+        import torch
+
+        def run(*args):
+            with torch.no_grad():
+                return fn(*args)
+
+        return run
+    raise ValueError(
+        f"imagen-keras supports the jax, tensorflow and torch backends. "
+        f"Received: KERAS_BACKEND={backend!r}"
+    )
+
+
+def is_concrete(x):
+    """True when `x` holds values now (eager), False inside a trace or for a KerasTensor."""
+    if isinstance(x, keras.KerasTensor):
+        return False
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    return True
