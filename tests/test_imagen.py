@@ -234,3 +234,16 @@ def test_built_unet_with_wrong_settings_is_refused():
     unet.build((None, 8, 8, 3))
     with pytest.raises(ValueError, match="text_embed_dim: unet has 16, cascade needs 24"):
         Imagen(unet, image_sizes=8, text_embed_dim=24)
+
+
+def test_p2_loss_weighting_scales_each_sample_loss_down():
+    unet = tiny_unet()
+    common = dict(image_sizes=8, text_embed_dim=TEXT_DIM, seed=5)
+    plain = Imagen(unet, **common)
+    p2 = Imagen(unet, p2_loss_weight_gamma=1.0, **common)
+    images, embeds = colour_data(1)
+    # Same seed: same time, noise and dropout draws, so the ratio is the P2 weight
+    # (1 + snr) ** -1 of the drawn time, strictly between 0 and 1.
+    ratio = float(p2(images, text_embeds=embeds)) / float(plain(images, text_embeds=embeds))
+    assert 0.0 < ratio < 1.0
+    assert p2.get_config()["p2_loss_weight_gamma"] == [1.0]
