@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from keras import ops
 
-from imagen_keras import Imagen, Unet
+from imagen_keras import Imagen
 from imagen_keras.diffusion.noise import initial_seed_state, step_normal
 from imagen_keras.diffusion.schedules import cosine_log_snr, log_snr_to_alpha_sigma
 from imagen_keras.imagen_sampling import ddim_sample_stage, gaussian_sample_stage
+from tests.test_imagen import tiny_unet
 from tests.unet_helpers import to_numpy
 
 SHAPE = (256, 2, 2, 1)
@@ -111,16 +112,7 @@ def test_ddim_argument_errors():
 @pytest.mark.filterwarnings("ignore:The base dimension")
 def test_cascade_samples_with_ddim():
     keras.utils.set_random_seed(0)
-    unet = Unet(
-        dim=8,
-        dim_mults=(1, 2),
-        attn_heads=2,
-        attn_dim_head=8,
-        max_text_len=4,
-        attn_pool_num_latents=2,
-        layer_attns=(False, True),
-        layer_cross_attns=(False, True),
-    )
+    unet = tiny_unet()
     imagen = Imagen(unet, image_sizes=8, text_embed_dim=16, timesteps=4)
     embeds = np.random.default_rng(0).normal(size=(2, 3, 16)).astype("float32")
     run = dict(text_embeds=embeds, sampler="ddim", ddim_steps=3, seed=5, verbose=False)
