@@ -17,8 +17,8 @@ import numbers
 import keras
 from keras import ops
 
-from imagen_keras.diffusion.noise import StepSeed as _StepSeed
 from imagen_keras.diffusion.noise import initial_seed_state as _initial_seed_state
+from imagen_keras.diffusion.noise import step_normal
 
 
 def _is_positive_int(value):
@@ -181,6 +181,12 @@ def heun_sample(
     S_tmax=50.0,
     S_noise=1.003,
     seed=None,
+    skip_steps=0,
+    self_conditioning=False,
+    inpaint_images=None,
+    inpaint_masks=None,
+    resample_times=1,
+    noise_fn=None,
 ):
     """EDM's stochastic Heun sampler (2nd order, with churn), as a compilable loop.
 
@@ -191,38 +197,57 @@ def heun_sample(
     `x = x_hat + (sigma_{i+1} - sigma_hat) d` (Euler), and where `sigma_{i+1} != 0` the
     2nd-order correction `d' = (x - D(x, sigma_{i+1})) / sigma_{i+1}`,
     `x = x_hat + (sigma_{i+1} - sigma_hat) (d + d') / 2`. This is imagen-pytorch's
-    `ElucidatedImagen.one_unet_sample` without inpainting and self-conditioning. Like
-    the reference it draws `eps` at every step, even where `gamma = 0` (so step `i`'s
-    noise does not depend on the churn window); with `S_churn=0` or `S_noise=0` it draws
-    nothing. The result is not clamped.
+    `ElucidatedImagen.one_unet_sample`. Like the reference, step `i` owns its noise draw
+    whether or not `gamma = 0` (so step `i`'s noise does not depend on the churn
+    window); with `S_churn=0` or `S_noise=0` nothing is drawn. The result is not clamped.
+
+    Inpainting (RePaint, Lugmayr et al. 2022) keeps the known region on the sampling
+    trajectory: before each denoiser call the known pixels are set to the known image
+    plus fresh noise of the current level `sigma_hat`, and each step is repeated
+    `resample_times` times, jumping back from `sigma_{i+1}` to `sigma_i` in between by
+    adding noise of variance `sigma_i**2 - sigma_{i+1}**2`. (imagen-pytorch adds only the
+    churn noise to the known pixels and `(sigma_i - sigma_{i+1}) eps` when jumping back,
+    which leaves the known region almost noise-free at high noise levels.)
 
     Args:
         denoise_fn: callable `(x, sigma) -> x0 estimate`, with `sigma` a float32 tensor
             of shape `(batch,)` and the result shaped like `x`; e.g. a preconditioned,
-            guided and thresholded network.
+            guided and thresholded network. With `self_conditioning=True` it is called
+            as `(x, sigma, x0_prev)` with the previous estimate (zeros at first).
         x_init: float tensor `(batch, ...)`, the starting point, usually
             `sigmas[0] * N(0, 1)` (plus an init image).
         sigmas: float tensor `(N + 1,)` of decreasing noise levels, e.g.
-            `karras_sigmas(N)`. Slice it to skip steps; note that `N` (and so the churn)
-            then changes.
+            `karras_sigmas(N)`.
         S_churn: non-negative float. Defaults to `80.0`; `0` gives the deterministic
             sampler (algorithm 1).
         S_tmin: float. Defaults to `0.05`.
         S_tmax: float. Defaults to `50.0`.
         S_noise: float. Scale of the churn noise. Defaults to `1.003`.
-        seed: int, `keras.random.SeedGenerator` or `None`. Step `i` draws the noise
-            that the `i`-th draw of `SeedGenerator(seed)` would give; a passed generator
-            is advanced by `N` draws (inside a JAX-jitted function, map its state with a
-            `keras.StatelessScope`, as for any `keras.random` call). `None` picks a seed
-            from Python's `random` (seeded by `keras.utils.set_random_seed`); inside
-            compiled code it becomes a constant of the trace, so pass a seed there.
+        seed: int, `keras.random.SeedGenerator` or `None`. Draw `k` is the noise that
+            the `k`-th draw of `SeedGenerator(seed)` would give (step `i` uses draw `i`
+            without inpainting); a passed generator is advanced past the draws used
+            (inside a JAX-jitted function, map its state with a `keras.StatelessScope`,
+            as for any `keras.random` call). `None` picks a seed from Python's `random`
+            (seeded by `keras.utils.set_random_seed`); inside compiled code it becomes a
+            constant of the trace, so pass a seed there.
+        skip_steps: int, defaults to 0. Start at step `skip_steps` (the churn still
+            counts all `N` steps, as the reference's).
+        self_conditioning: bool, defaults to `False`. See `denoise_fn`.
+        inpaint_images: `None` or a tensor shaped like `x_init`, the known image.
+        inpaint_masks: bool tensor broadcastable to `x_init`, True where known.
+        resample_times: int >= 1, defaults to 1. RePaint resamplings per step (only
+            with inpainting).
+        noise_fn: `None` or callable `k -> standard normal noise shaped like x_init`
+            for draw number `k` (a traced int); replaces `seed`. With inpainting,
+            resampling `r` of step `i` uses draws `3 (i R + r) + {0, 1, 2}` (churn,
+            known region, jump back).
 
     Returns:
         A tensor shaped like `x_init`, the samples at noise level `sigmas[-1]`.
 
     Raises:
-        ValueError: if `sigmas` is not 1-D with at least 2 entries, or `seed` is not
-            an int, a `SeedGenerator` or `None`.
+        ValueError: if `sigmas` is not 1-D with at least 2 entries, `skip_steps` is not
+            in `[0, N - 1]`, or `seed` is not an int, a `SeedGenerator` or `None`.
 
     Example:
 
@@ -246,19 +271,35 @@ def heun_sample(
             f"Received: sigmas with shape {tuple(sigmas.shape)}"
         )
     num_steps = sigmas.shape[0] - 1
+    if not isinstance(skip_steps, numbers.Integral) or not 0 <= skip_steps < num_steps:
+        raise ValueError(
+            f"`skip_steps` must be an int in [0, {num_steps - 1}]. "
+            f"Received: skip_steps={skip_steps!r}"
+        )
+    if not _is_positive_int(resample_times):
+        raise ValueError(
+            f"`resample_times` must be a positive int. Received: resample_times={resample_times!r}"
+        )
     x_init = ops.convert_to_tensor(x_init)
     shape, dtype = tuple(x_init.shape), x_init.dtype
-    seed_state = _initial_seed_state(seed)
-    seed_step = ops.convert_to_tensor([0, 1], dtype=seed_state.dtype)
+    inpainting = inpaint_images is not None
+    resample_times = resample_times if inpainting else 1
+    draws_per_step = 3 if inpainting else 1
+    seed_state = None
+    if noise_fn is None:
+        seed_state = _initial_seed_state(seed)
+        noise_fn = lambda k: step_normal(shape, seed_state, k, dtype)
     batch = ops.ones((ops.shape(x_init)[0],), dtype="float32")
-    # Without churn every gamma is 0: skip the draws (the generator still advances).
+    # Without churn every gamma is 0: skip the draws.
     adds_noise = S_churn > 0 and S_noise != 0
 
-    def denoise(x, sigma):
-        return ops.cast(denoise_fn(x, sigma * batch), dtype)
+    def denoise(x, sigma, x0_prev):
+        args = (x, sigma * batch, x0_prev) if self_conditioning else (x, sigma * batch)
+        return ops.cast(denoise_fn(*args), dtype)
 
-    def step(i, x):
+    def step(i, r, x, x0_prev):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        first_draw = (i * resample_times + r) * draws_per_step
         gamma = heun_churn_gamma(sigma, num_steps, S_churn, S_tmin, S_tmax)
         # Churn: raise the noise level from sigma to sigma_hat. sqrt(sigma_hat**2 - sigma**2)
         # is written so that gamma = 0 gives exactly 0: XLA may fuse a difference of
@@ -266,24 +307,40 @@ def heun_sample(
         sigma_hat = sigma * (1.0 + gamma)
         x_hat = x
         if adds_noise:
-            # Step i draws with the state a SeedGenerator would have after i draws.
-            step_seed = _StepSeed(seed_state + ops.cast(i, seed_state.dtype) * seed_step)
-            eps = keras.random.normal(shape, dtype=dtype, seed=step_seed) * S_noise
             noise_scale = sigma * ops.sqrt(gamma * (2.0 + gamma))
-            x_hat = x + ops.cast(noise_scale, dtype) * eps
+            x_hat = x + ops.cast(noise_scale, dtype) * S_noise * noise_fn(first_draw)
+        if inpainting:
+            known = inpaint_images + ops.cast(sigma_hat, dtype) * noise_fn(first_draw + 1)
+            x_hat = ops.where(inpaint_masks, known, x_hat)
         # Euler step from sigma_hat to sigma_next.
-        d = (x_hat - denoise(x_hat, sigma_hat)) / ops.cast(sigma_hat, dtype)
+        denoised = denoise(x_hat, sigma_hat, x0_prev)
+        d = (x_hat - denoised) / ops.cast(sigma_hat, dtype)
         dt = ops.cast(sigma_next - sigma_hat, dtype)
         x_euler = x_hat + dt * d
 
         # 2nd-order correction, except on a step down to sigma = 0.
         def heun():
-            d_next = (x_euler - denoise(x_euler, sigma_next)) / ops.cast(sigma_next, dtype)
-            return x_hat + 0.5 * dt * (d + d_next)
+            denoised_next = denoise(x_euler, sigma_next, denoised)
+            d_next = (x_euler - denoised_next) / ops.cast(sigma_next, dtype)
+            return x_hat + 0.5 * dt * (d + d_next), denoised_next
 
-        return ops.cond(sigma_next != 0.0, heun, lambda: x_euler)
+        x_next, x0 = ops.cond(sigma_next != 0.0, heun, lambda: (x_euler, denoised))
+        if inpainting:
+            # RePaint: jump back up to sigma, except after the last resampling of a step
+            # and on the final step.
+            jump = ops.sqrt(ops.maximum(ops.square(sigma) - ops.square(sigma_next), 0.0))
+            renoised = x_next + ops.cast(jump, dtype) * noise_fn(first_draw + 2)
+            redo = ops.logical_and(r < resample_times - 1, sigma_next != 0.0)
+            x_next = ops.where(redo, renoised, x_next)
+        return x_next, x0
 
-    x = ops.fori_loop(0, num_steps, step, x_init)
-    if isinstance(seed, keras.random.SeedGenerator):
-        seed.state.assign(seed_state + num_steps * seed_step)
+    def body(i, carry):
+        if resample_times == 1:
+            return step(i, 0, *carry)
+        return ops.fori_loop(0, resample_times, lambda r, c: step(i, r, *c), carry)
+
+    x, _ = ops.fori_loop(skip_steps, num_steps, body, (x_init, ops.zeros_like(x_init)))
+    if isinstance(seed, keras.random.SeedGenerator) and seed_state is not None:
+        seed_step = ops.convert_to_tensor([0, 1], dtype=seed_state.dtype)
+        seed.state.assign(seed_state + num_steps * resample_times * draws_per_step * seed_step)
     return x
