@@ -1,15 +1,22 @@
-"""The `imagen-keras-convert` command: an imagen-pytorch unet -> a Keras `.keras` file.
+"""The `imagen-keras-convert` command: imagen-pytorch models -> Keras `.keras` files.
 
 Usage:
 ```
 python -m imagen_keras.convert unet SOURCE OUTPUT.keras [--config FILE] \
     [--unet-index I] [--ema] [--allow-partial]
+python -m imagen_keras.convert imagen SOURCE OUTPUT.keras [--config FILE] \
+    [--imagen-type {original,elucidated}] [--ema] [--allow-partial]
 ```
 
-SOURCE is a `Unet.persist_to_file` package (its config is read from it), a plain state
-dict (`.pt`, `.safetensors`, `.npz`; needs `--config`) or an `ImagenTrainer.save`
-checkpoint (needs `--config` and `--unet-index`; `--ema` takes the EMA weights). The
-conversion report is printed; the `.keras` file is written to a temporary file beside
+`unet`: SOURCE is a `Unet.persist_to_file` package (its config is read from it), a plain
+state dict (`.pt`, `.safetensors`, `.npz`; needs `--config`) or an `ImagenTrainer.save`
+checkpoint (needs `--config` and `--unet-index`; `--ema` takes the EMA weights).
+
+`imagen`: SOURCE is an `ImagenTrainer.save` checkpoint (or its flat `.npz` /
+`.safetensors` form); the whole cascade (`Imagen` or `ElucidatedImagen`) is rebuilt from
+the checkpoint's `imagen_params`, or from `--config` when it has none.
+
+The conversion report is printed; the `.keras` file is written to a temporary file beside
 OUTPUT and moved into place, so OUTPUT is never left half-written. Bad input exits with
 status 1 and a one-line error, bad arguments with status 2.
 """
@@ -28,6 +35,7 @@ from imagen_keras.convert.checkpoint_io import (
     is_unet_package,
     read_checkpoint,
 )
+from imagen_keras.convert.imagen import IMAGEN_TYPES, imagen_from_imagen_pytorch
 from imagen_keras.convert.unet import unet_from_imagen_pytorch
 
 PROG = "imagen-keras-convert"
@@ -68,10 +76,41 @@ def _parser():
         action="store_true",
         help="save even if some tensors are missing, unused or misshapen (they are reported)",
     )
+    cascade = commands.add_parser(
+        "imagen",
+        help="convert a whole imagen-pytorch cascade (Imagen or ElucidatedImagen)",
+        description="Convert an imagen-pytorch ImagenTrainer checkpoint (the whole cascade) "
+        "to a Keras .keras file.",
+    )
+    cascade.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="ImagenTrainer.save checkpoint (.pt), or its flat .npz / .safetensors form",
+    )
+    cascade.add_argument("output", metavar="OUTPUT", help="the .keras file to write")
+    cascade.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or YAML file of the ImagenConfig / ElucidatedImagenConfig fields (unets "
+        "as a list of UnetConfig dicts, image_sizes, ...); required when the checkpoint "
+        "has no imagen_params, and replaces them otherwise",
+    )
+    cascade.add_argument(
+        "--imagen-type",
+        choices=IMAGEN_TYPES,
+        help="original (Imagen) or elucidated (ElucidatedImagen); defaults to the "
+        "checkpoint's, else original",
+    )
+    cascade.add_argument("--ema", action="store_true", help="take the EMA weights")
+    cascade.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="save even if some tensors are missing, unused or misshapen (they are reported)",
+    )
     return parser
 
 
-def _read_config(path):
+def _read_config(path, what="imagen-pytorch Unet arguments"):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No config file at {path!r}.")
     with open(path) as f:
@@ -81,8 +120,7 @@ def _read_config(path):
             raise ValueError(f"Cannot parse --config {path!r}: {e}") from e
     if not isinstance(config, dict):
         raise ValueError(
-            f"--config {path!r} must hold a mapping of imagen-pytorch Unet arguments. "
-            f"Received: {type(config).__name__}"
+            f"--config {path!r} must hold a mapping of {what}. Received: {type(config).__name__}"
         )
     return config
 
@@ -128,13 +166,25 @@ def _describe_source(checkpoint, args):
 
 
 def _refusal(report):
-    problems = report.missing + report.unexpected + [k for k, _, _ in report.shape_mismatches]
+    return _refusal_of(report.missing, report.unexpected, report.shape_mismatches)
+
+
+def _refusal_of(missing, unexpected, shape_mismatches):
+    problems = missing + unexpected + [k for k, _, _ in shape_mismatches]
     shown = ", ".join(problems[:5]) + (", ..." if len(problems) > 5 else "")
     return (
-        f"SOURCE does not match the config ({len(report.missing)} missing, "
-        f"{len(report.unexpected)} unexpected, {len(report.shape_mismatches)} misshapen: "
+        f"SOURCE does not match the config ({len(missing)} missing, "
+        f"{len(unexpected)} unexpected, {len(shape_mismatches)} misshapen: "
         f"{shown}); nothing was written. Pass --allow-partial to save it anyway."
     )
+
+
+def _check_output(path):
+    if not path.endswith(".keras"):
+        raise ValueError(f"OUTPUT must end in .keras. Received: {path!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"No directory {directory!r} to write OUTPUT into.")
 
 
 def _save_atomically(model, path):
@@ -155,11 +205,7 @@ def _save_atomically(model, path):
 
 
 def _convert_unet(args):
-    if not args.output.endswith(".keras"):
-        raise ValueError(f"OUTPUT must end in .keras. Received: {args.output!r}")
-    directory = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"No directory {directory!r} to write OUTPUT into.")
+    _check_output(args.output)
     config = _read_config(args.config) if args.config else None
     checkpoint = _read_source(args.source)
     what = _describe_source(checkpoint, args)
@@ -184,11 +230,45 @@ def _convert_unet(args):
     print(f"Saved the Keras Unet ({unet.count_params():,} parameters) to {args.output}")
 
 
+def _convert_imagen(args):
+    _check_output(args.output)
+    config = None
+    if args.config:
+        config = _read_config(args.config, "ImagenConfig / ElucidatedImagenConfig fields")
+    checkpoint = _read_source(args.source)
+    weights = "EMA" if args.ema else "online"
+    print(
+        f"Reading the cascade ({weights} weights) from {args.source}"
+        + (f", config from {args.config}" if config else "")
+    )
+    imagen, report = imagen_from_imagen_pytorch(
+        checkpoint,
+        config,
+        imagen_type=args.imagen_type,
+        use_ema=args.ema,
+        allow_partial=True,
+        return_report=True,
+    )
+    print(report.summary())
+    if not report.complete:
+        missing = [k for r in report.unets for k in r.missing]
+        unexpected = [k for r in report.unets for k in r.unexpected] + report.unexpected
+        mismatches = [m for r in report.unets for m in r.shape_mismatches]
+        if not args.allow_partial:
+            raise ValueError(_refusal_of(missing, unexpected, mismatches))
+        untouched = len(missing) + len(mismatches)
+        print(f"Partial conversion: {untouched} Keras variables keep their initial values.")
+    _save_atomically(imagen, args.output)
+    kind = type(imagen).__name__
+    params = sum(unet.count_params() for unet in imagen.unets)
+    print(f"Saved the Keras {kind} ({params:,} unet parameters) to {args.output}")
+
+
 def main(argv=None):
     """Run the command with `argv` (defaults to `sys.argv[1:]`); returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        _convert_unet(args)
+        (_convert_imagen if args.command == "imagen" else _convert_unet)(args)
     except (OSError, ImportError, ValueError) as e:
         message = " ".join(str(e).split())  # one line, whatever the exception held
         print(f"{PROG}: error: {message}", file=sys.stderr)

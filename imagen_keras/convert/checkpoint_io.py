@@ -10,10 +10,15 @@ Three kinds of files are understood:
 
 A file holds either a plain state dict, a `Unet.persist_to_file` package
 (`{"config": ..., "state_dict": ...}`) or an `ImagenTrainer.save` checkpoint (`model`
-with keys `unets.{i}.…` and, with EMA, `ema` with keys `{i}.ema_model.…`). This is the
+with keys `unets.{i}.…` and, with EMA, `ema` with keys `{i}.ema_model.…`). A trainer
+checkpoint can also be stored flat, for reading without torch: an `.npz` or
+`.safetensors` file with the arrays `model.<key>`, `ema.<key>` and `steps`, and the
+strings `imagen_type`, `imagen_params` (JSON) and `version` (0-d string arrays in an
+`.npz`, metadata in a `.safetensors` file); `read_checkpoint` nests it back. This is the
 only module of the package that touches torch, and only inside functions.
 """
 
+import json
 import os
 
 import numpy as np
@@ -57,14 +62,56 @@ def _load_safetensors(path):
         ) from e
 
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except TypeError:
         # bfloat16 has no numpy dtype ("data type 'bfloat16' not understood"); torch
         # can read it.
         _import_torch(path)
         from safetensors.torch import load_file as load_torch_file
 
-        return {k: _torch_to_numpy(v) for k, v in load_torch_file(path).items()}
+        tensors = {k: _torch_to_numpy(v) for k, v in load_torch_file(path).items()}
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        metadata = f.metadata() or {}
+    strings = {k: metadata[k] for k in _FLAT_STRINGS if k in metadata}
+    return {**tensors, **strings} if strings else tensors
+
+
+# The entries of a flat trainer checkpoint besides `model.*` and `ema.*`.
+_FLAT_STRINGS = ("imagen_type", "imagen_params", "version")
+_FLAT_ARRAYS = ("steps",)
+
+
+def _string(value):
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U" and value.ndim == 0:
+        return str(value)
+    return value
+
+
+def _nest_flat_trainer_checkpoint(flat):
+    """A flat trainer checkpoint (see the module docstring) as `trainer.save` writes it;
+    anything else unchanged."""
+    entries = ("model", "ema")
+    if "model" in flat or not any(k.startswith("model.") for k in flat):
+        return flat
+    known = set(_FLAT_STRINGS) | set(_FLAT_ARRAYS)
+    if any(k.partition(".")[0] not in entries and k not in known for k in flat):
+        return flat
+    checkpoint = {}
+    for key, value in flat.items():
+        entry, dot, rest = key.partition(".")
+        if dot and entry in entries:
+            checkpoint.setdefault(entry, {})[rest] = value
+        else:
+            checkpoint[key] = _string(value)
+    params = checkpoint.get("imagen_params")
+    if isinstance(params, str):
+        try:
+            checkpoint["imagen_params"] = json.loads(params)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"The checkpoint's `imagen_params` is not valid JSON: {e}") from e
+    return checkpoint
 
 
 def read_checkpoint(path):
@@ -75,9 +122,10 @@ def read_checkpoint(path):
 
     Returns:
         dict. A state dict (name -> array), a persisted Unet package or a trainer
-        checkpoint. Torch files keep their torch tensors (optimizer states and the like
-        are never converted); `as_state_dict` and `extract_unet_state_dict` turn the
-        tensors they take out into numpy arrays.
+        checkpoint (flat `.npz` / `.safetensors` trainer checkpoints are nested back
+        into `trainer.save`'s layout). Torch files keep their torch tensors (optimizer
+        states and the like are never converted); `as_state_dict` and
+        `extract_unet_state_dict` turn the tensors they take out into numpy arrays.
 
     Raises:
         FileNotFoundError: if `path` does not exist.
@@ -88,9 +136,9 @@ def read_checkpoint(path):
         raise FileNotFoundError(f"No checkpoint file at {path!r}.")
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
+            return _nest_flat_trainer_checkpoint({k: archive[k] for k in archive.files})
     if path.endswith(".safetensors"):
-        return _load_safetensors(path)
+        return _nest_flat_trainer_checkpoint(_load_safetensors(path))
     torch = _import_torch(path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
