@@ -127,7 +127,7 @@ def train_steps(imagen, unet_number, batch, warmup, steps, jit):
     )
 
 
-def time_sampling(sampler, embeds, masks, **kwargs):
+def time_sampling(model, embeds, masks, **kwargs):
     from keras import ops
 
     res = {}
@@ -135,7 +135,7 @@ def time_sampling(sampler, embeds, masks, **kwargs):
         with warnings.catch_warnings():  # untrained stages sample noise; fine for timing
             warnings.simplefilter("ignore")
             with Timer() as t:
-                out = sampler.sample(text_embeds=embeds, text_masks=masks, cond_scale=3.0,
+                out = model.sample(text_embeds=embeds, text_masks=masks, cond_scale=3.0,
                                      seed=seed, verbose=0, **kwargs)
                 outs = out if isinstance(out, list) else [out]
                 arrays = [ops.convert_to_numpy(o) for o in outs]  # waits for the result
@@ -150,7 +150,7 @@ def time_sampling(sampler, embeds, masks, **kwargs):
 def bench_config(name, args, emit=lambda res: None):
     import keras
 
-    from imagen_keras import Imagen, Unet
+    from imagen_keras import ElucidatedImagen, Imagen, Unet
 
     keras.utils.set_random_seed(0)
     warmup, steps, sample_steps = DEFAULTS[name]
@@ -181,10 +181,16 @@ def bench_config(name, args, emit=lambda res: None):
     res.update({k.replace("train_", prefix, 1): v for k, v in r.items()})
     emit(res)
 
-    # Like the reference: a second Imagen with few sampling steps sharing the trained unets.
-    sampler = Imagen(imagen.unets, image_sizes=sizes, timesteps=sample_steps, **IMAGEN_KW)
-    res.update(sample_steps_per_unet=sample_steps, cond_scale=3.0)
-    res.update(time_sampling(sampler, embeds, masks, return_all_unet_outputs=cascade))
+    # Like the reference: a second model with few sampling steps sharing the trained unets.
+    sample_kwargs = dict(return_all_unet_outputs=cascade)
+    if args.sampler == "heun":  # EDM: 2 unet calls per step (1 on the last)
+        sampler = ElucidatedImagen(
+            imagen.unets, image_sizes=sizes, num_sample_steps=sample_steps, **IMAGEN_KW)
+    else:
+        sampler = Imagen(imagen.unets, image_sizes=sizes, timesteps=sample_steps, **IMAGEN_KW)
+        sample_kwargs["sampler"] = args.sampler
+    res.update(sample_steps_per_unet=sample_steps, cond_scale=3.0, sampler=args.sampler)
+    res.update(time_sampling(sampler, embeds, masks, **sample_kwargs))
     res["sample_second_s_per_step"] = round(
         res["sample_second_s"] / (sample_steps * len(sizes)), 4)
     return res
@@ -239,7 +245,8 @@ def _label(rec):
     if "backend" not in rec:
         return f"imagen-pytorch {rec.get('imagen_pytorch', '')} (torch {rec.get('torch', '')})"
     jit = rec.get("train_jit_compile", rec.get("train_unet2_jit_compile"))
-    return f"keras/{rec['backend']} (jit_compile={jit})"
+    sampler = rec.get("sampler", "ancestral")
+    return f"keras/{rec['backend']} (jit_compile={jit}, {sampler})"
 
 
 def table(records):
@@ -301,6 +308,9 @@ def main():
                         "(default: the reference's, 3 / 1)")
     p.add_argument("--sample-steps", type=int, default=None,
                    help="sampling steps per unet (default: the reference's, 32 / 16)")
+    p.add_argument("--sampler", default="ancestral", choices=("ancestral", "ddim", "heun"),
+                   help="sampler to time: Imagen's ancestral or DDIM, or ElucidatedImagen's "
+                        "Heun (all sharing the trained unets)")
     p.add_argument("--jit", type=parse_jit, default="auto",
                    help="jit_compile for Imagen.compile: auto, true or false")
     p.add_argument("--backend", default=None, choices=("jax", "tensorflow", "torch"),
