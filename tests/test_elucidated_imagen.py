@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from imagen_keras import ElucidatedImagen, Imagen, Unet
+from imagen_keras import ElucidatedImagen, Unet
 from tests.test_imagen import JIT, SIZES, TEXT_DIM, colour_data, tiny_unet
 from tests.unet_helpers import to_numpy
 
@@ -152,4 +152,3 @@ def test_bad_sampling_arguments():
         imagen.sample(text_embeds=embeds, skip_steps=32, verbose=0)
     with pytest.raises(ValueError, match="sigma_min"):
         imagen.sample(text_embeds=embeds, sigma_min=5.0, sigma_max=1.0, verbose=0)
-    assert not isinstance(imagen, Imagen)  # separate diffusion, shared cascade base

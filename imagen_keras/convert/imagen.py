@@ -23,6 +23,7 @@ from imagen_keras.convert.checkpoint_io import (
 )
 from imagen_keras.convert.unet import unet_kwargs_from_imagen_pytorch
 from imagen_keras.convert.unet_weights import ConversionReport, load_imagen_pytorch_unet_weights
+from imagen_keras.elucidated_imagen import EDM_HPARAMS, ElucidatedImagen
 
 IMAGEN_TYPES = ("original", "elucidated")
 
@@ -52,17 +53,11 @@ CONFIG_DEFAULTS = {
         text_encoder_name=REFERENCE_T5_NAME,
         channels=3,
         cond_drop_prob=0.5,
-        num_sample_steps=32,
-        sigma_min=0.002,
-        sigma_max=80,
-        sigma_data=0.5,
-        rho=7,
-        P_mean=-1.2,
-        P_std=1.2,
-        S_churn=80,
-        S_tmin=0.05,
-        S_tmax=50,
-        S_noise=1.003,
+        # The EDM hyper-parameters' defaults are ElucidatedImagen's (the same values).
+        **{
+            name: inspect.signature(ElucidatedImagen).parameters[name].default
+            for name in EDM_HPARAMS
+        },
     ),
 }
 
@@ -278,17 +273,9 @@ class CascadeConversionReport:
 
 
 def _cascade_class(imagen_type):
-    if imagen_type == "original":
-        from imagen_keras.imagen import Imagen
+    from imagen_keras.imagen import Imagen
 
-        return Imagen
-    try:
-        from imagen_keras.elucidated_imagen import ElucidatedImagen
-    except ImportError as e:
-        raise ImportError(
-            "Converting an ElucidatedImagen needs imagen_keras.elucidated_imagen."
-        ) from e
-    return ElucidatedImagen
+    return Imagen if imagen_type == "original" else ElucidatedImagen
 
 
 def _resolve_config(checkpoint, config, imagen_type, notes):
