@@ -157,11 +157,20 @@ class LoadMonitor:
             )
 
 
-def steady_steps(step, min_steps, max_steps, budget_s, window=3, tol=0.05):
-    """Run `step()` until its time per step is stable, the budget is spent or max_steps.
+def is_stable(walls, min_steps, window=3, tol=0.05):
+    """True when at least `min_steps` (and 2 windows) are done and the median of the last
+    `window` step times is within `tol` (relative) of the median of the `window` before."""
+    if len(walls) < max(min_steps, 2 * window):
+        return False
+    last = statistics.median(walls[-window:])
+    before = statistics.median(walls[-2 * window : -window])
+    return abs(last - before) <= tol * before
 
-    Stable: at least `min_steps` done and the median wall time of the last `window`
-    steps is within `tol` (relative) of the median of the `window` steps before them.
+
+def steady_steps(step, min_steps, max_steps, budget_s, window=3, tol=0.05):
+    """Run `step()` until its time per step is stable (`is_stable`), at least `min_steps`
+    are done and `budget_s` seconds are spent, or `max_steps` are done.
+
     Returns (walls, cpus, stop_reason). `step` must block until its work is finished.
     """
     walls, cpus = [], []
@@ -172,14 +181,10 @@ def steady_steps(step, min_steps, max_steps, budget_s, window=3, tol=0.05):
             step()
         walls.append(t.wall)
         cpus.append(t.cpu)
-        n = len(walls)
-        if n >= max(min_steps, 2 * window):
-            last = statistics.median(walls[-window:])
-            before = statistics.median(walls[-2 * window : -window])
-            if abs(last - before) <= tol * before:
-                reason = "stable"
-                break
-        if n >= min_steps and time.perf_counter() - t0 >= budget_s:
+        if is_stable(walls, min_steps, window, tol):
+            reason = "stable"
+            break
+        if len(walls) >= min_steps and time.perf_counter() - t0 >= budget_s:
             reason = "budget"
             break
     return walls, cpus, reason
