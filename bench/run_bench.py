@@ -29,10 +29,13 @@ rounds, 4 implementations, `--max-steps 6`: about 15-20 minutes on a 2-core mach
 """
 
 import argparse
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,6 +69,20 @@ def git_state(path):
 
     dirty = git("status", "--porcelain", "--", "imagen_keras")
     return dict(commit=git("rev-parse", "HEAD"), imagen_keras_dirty=bool(dirty))
+
+
+def snapshot(commit):
+    """Extract imagen_keras/ as of `commit` under /tmp; returns (path, full commit hash)."""
+    full = subprocess.run(["git", "-C", REPO, "rev-parse", commit], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    path = os.path.join(tempfile.gettempdir(), f"imagen-keras-bench-{full[:12]}")
+    if not os.path.isdir(os.path.join(path, "imagen_keras")):
+        os.makedirs(path, exist_ok=True)
+        archive = subprocess.run(["git", "-C", REPO, "archive", full, "imagen_keras"],
+                                 capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(path)
+    return path, full
 
 
 def settle(threads, max_wait):
@@ -167,6 +184,9 @@ def main():
                         "$IMAGEN_REF_DIR/venv/bin/python)")
     p.add_argument("--keras-pythonpath", default=None,
                    help="PYTHONPATH of the keras workers (to bench another imagen_keras tree)")
+    p.add_argument("--keras-commit", default=None,
+                   help="bench imagen_keras as of this commit (a `git archive` of it under "
+                        "/tmp), not the working tree, which others may be editing")
     p.add_argument("--label", default="", help="words for the report header and file name")
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--summarize", default=None, metavar="JSONL",
@@ -181,10 +201,16 @@ def main():
     slug = "".join(ch if ch.isalnum() else "-" for ch in args.label.lower()).strip("-")
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, f"{stamp}{'_' + slug if slug else ''}.jsonl")
-    tree = args.keras_pythonpath or REPO
+    git = git_state(REPO)
+    if args.keras_commit:
+        args.keras_pythonpath, git["keras_commit"] = snapshot(args.keras_commit)
+    elif args.keras_pythonpath:
+        git["keras_pythonpath"] = args.keras_pythonpath
+    else:
+        git["keras_commit"] = git["commit"] + ("+modified" if git["imagen_keras_dirty"] else "")
     header = dict(kind="run", date=time.strftime("%Y-%m-%d %H:%M %Z"), label=args.label,
                   argv=sys.argv[1:], machine=measure.machine_info(),
-                  loadavg=measure.loadavg(), keras_tree=tree, git=git_state(REPO))
+                  loadavg=measure.loadavg(), git=git)
     with open(path, "w") as f:
         f.write(json.dumps(header) + "\n")
     print(f"# writing {path}", file=sys.stderr)
@@ -222,10 +248,11 @@ def write_report(path):
         machine=(f"{m.get('cpu_model')}, nproc {m.get('nproc')}, kernel {m.get('kernel')}, "
                  f"python {m.get('python')}, load average at start {run.get('loadavg')}"),
         versions=", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
-        command=(f"`bench/run_bench.py {' '.join(run.get('argv', []))}` (commit "
-                 f"{git.get('commit', '?')[:10]}"
-                 f"{', imagen_keras modified' if git.get('imagen_keras_dirty') else ''}; "
-                 f"keras tree {os.path.relpath(run.get('keras_tree', REPO), REPO)})"),
+        command=(f"`bench/run_bench.py {' '.join(run.get('argv', []))}` (bench at commit "
+                 f"{git.get('commit', '?')[:10]}; imagen_keras "
+                 + (f"at commit {git['keras_commit'][:10]}" if git.get("keras_commit") else
+                    f"from PYTHONPATH {git.get('keras_pythonpath', run.get('keras_tree'))}")
+                 + ")"),
         label=run.get("label"),
     )
     out = os.path.splitext(path)[0] + ".md"
