@@ -126,7 +126,17 @@ class SkipNonFiniteOptimizer(keras.optimizers.Optimizer):
     def apply(self, grads, trainable_variables=None):
         if not self.built:
             self.build(trainable_variables)
-        if keras.backend.backend() == "tensorflow":
+        if keras.backend.backend() == "jax":
+            # A `lax.cond` cannot assign variables: run the stateless path, then assign.
+            variables = list(trainable_variables or self._trainable_variables)
+            new_trainable, new_optimizer = self.stateless_apply(
+                [v.value for v in self.variables], grads, [v.value for v in variables]
+            )
+            for variable, value in zip(variables, new_trainable):
+                variable.assign(value)
+            for variable, value in zip(self.variables, new_optimizer):
+                variable.assign(value)
+        elif keras.backend.backend() == "tensorflow":
             self._tf_apply(grads, trainable_variables)
         else:
             self._common_apply(grads, trainable_variables)

@@ -19,9 +19,11 @@ def dense_model(seed=0):
     )
 
 
-def compile_model(model, optimizer):
-    """Compile with the fastest settings that still exercise each backend's compiled step."""
-    jit = keras.backend.backend() != "torch"  # torch.compile would dominate the test time
+def compile_model(model, optimizer, xla=False):
+    """Compile for `fit`: always a compiled step on JAX (jax.jit) and TensorFlow
+    (tf.function, with XLA if `xla`: slow to compile); eager on torch."""
+    backend = keras.backend.backend()
+    jit = backend == "jax" or (backend == "tensorflow" and xla)
     model.compile(optimizer=optimizer, loss="mse", jit_compile=jit)
     return model
 
