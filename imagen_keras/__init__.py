@@ -2,6 +2,7 @@
 
 from imagen_keras.elucidated_imagen import ElucidatedImagen
 from imagen_keras.imagen import Imagen
+from imagen_keras.saving import load_model
 from imagen_keras.unet import Unet
 from imagen_keras.unet_presets import BaseUnet64, NullUnet, SRUnet256, SRUnet1024
 
@@ -16,4 +17,5 @@ __all__ = [
     "SRUnet1024",
     "Unet",
     "__version__",
+    "load_model",
 ]

@@ -834,6 +834,21 @@ class Unet(keras.Model):
                 config[key] = tuple(value)
         return cls(**config)
 
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Save to a `.keras` file atomically: an interrupted save keeps the old file.
+
+        Same arguments as `keras.Model.save`; see `imagen_keras.saving.save_model`.
+        """
+        from imagen_keras.saving import save_model
+
+        return save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """Save the weights to a `.weights.h5` file atomically (see `saving.save_weights`)."""
+        from imagen_keras.saving import save_weights
+
+        return save_weights(self, filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+
 
 UNET_ARG_NAMES = (
     "dim",

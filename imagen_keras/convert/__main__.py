@@ -22,11 +22,9 @@ status 1 and a one-line error, bad arguments with status 2.
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 
 import yaml
 
@@ -37,6 +35,7 @@ from imagen_keras.convert.checkpoint_io import (
 )
 from imagen_keras.convert.imagen import IMAGEN_TYPES, imagen_from_imagen_pytorch
 from imagen_keras.convert.unet import unet_from_imagen_pytorch
+from imagen_keras.saving import save_model
 
 PROG = "imagen-keras-convert"
 
@@ -188,20 +187,8 @@ def _check_output(path):
 
 
 def _save_atomically(model, path):
-    """`model.save(path)` through a temporary file in the same directory."""
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp.keras", dir=directory)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    """`model.save(path)` through the package's atomic writer: OUTPUT is never half-written."""
+    save_model(model, path)
 
 
 def _convert_unet(args):

@@ -27,7 +27,7 @@ Why this format:
   float16 halves the size (T5 activations stay well within its range after the final
   layer norm).
 - Resumable: after each batch, the memmap is flushed and then the manifest is replaced
-  atomically (temporary file + `os.replace`). A killed build leaves a manifest that
+  atomically (`imagen_keras.saving.atomic_write`). A killed build leaves a manifest that
   counts only finished batches; the next build re-encodes from there, with the same
   batches (same batch size, checked), so the final files are identical.
 - Keyed by caption text (a dict caption -> row), so an (image, caption) dataset looks up
@@ -40,6 +40,8 @@ import json
 import os
 
 import numpy as np
+
+from imagen_keras.saving import atomic_write
 
 FORMAT = "imagen_keras.text.EmbeddingCache"
 VERSION = 1
@@ -54,13 +56,9 @@ class CaptionNotCachedError(KeyError):
         return str(self.args[0])
 
 
-def _write_json_atomic(path, value):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_json_atomic(path, value, **kwargs):
+    with atomic_write(path, "w") as f:
+        json.dump(value, f, indent=1, **kwargs)
 
 
 def _read_json(path):

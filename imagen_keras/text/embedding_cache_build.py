@@ -6,11 +6,11 @@ resumes at the first batch that was not committed. See `embedding_cache.py` for 
 format.
 """
 
-import json
 import os
 
 import numpy as np
 
+from imagen_keras.saving import atomic_path
 from imagen_keras.text.embedding_cache import (
     DEFAULT_BATCH_SIZE,
     DTYPES,
@@ -70,12 +70,11 @@ def _start(directory, encoder, captions, batch_size, dtype):
             len(ids) for ids in encoder.tokenize(captions[start : start + _TOKENIZE_CHUNK])
         )
     lengths = np.asarray(lengths, dtype="int32")
-    with open(os.path.join(directory, "captions.json.tmp"), "w") as f:
-        json.dump(captions, f, ensure_ascii=False)
-    os.replace(
-        os.path.join(directory, "captions.json.tmp"), os.path.join(directory, "captions.json")
-    )
-    np.save(os.path.join(directory, "lengths.npy"), lengths)
+    _write_json_atomic(os.path.join(directory, "captions.json"), captions, ensure_ascii=False)
+    with atomic_path(os.path.join(directory, "lengths.npy")) as tmp:
+        np.save(tmp, lengths)
+    # embeds.npy is written in place, batch by batch: the manifest's rows_done says which
+    # rows are final, and a build that dies before the first manifest starts over.
     embeds = np.lib.format.open_memmap(
         os.path.join(directory, "embeds.npy"),
         mode="w+",

@@ -24,6 +24,8 @@ import json
 import os
 import sys
 
+from imagen_keras.saving import atomic_directory
+
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -184,12 +186,12 @@ def convert_hf_t5(source, directory):
             port(backbone.token_embedding.reverse_embeddings, "lm_head.weight", transpose=True)
     with open(os.path.join(source, "spiece.model"), "rb") as f:
         tokenizer = keras_hub.models.T5Tokenizer(proto=f.read(), name="t5_tokenizer")
-    os.makedirs(directory, exist_ok=True)
-    backbone.save_to_preset(directory)
-    tokenizer.save_to_preset(directory)
-    if not decoder:
-        with open(os.path.join(directory, "DECODER_NOT_CONVERTED.txt"), "w") as f:
-            f.write(f"{source} holds no decoder weights: the decoder of this preset is random.\n")
+    with atomic_directory(directory) as tmp:  # an interrupted write keeps the old preset
+        backbone.save_to_preset(tmp)
+        tokenizer.save_to_preset(tmp)
+        if not decoder:
+            with open(os.path.join(tmp, "DECODER_NOT_CONVERTED.txt"), "w") as f:
+                f.write(f"{source} holds no decoder weights: its decoder is random.\n")
     # Tied copies of `shared.weight` are expected leftovers.
     ignored = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
     unused = sorted(set(state) - port.used - ignored)

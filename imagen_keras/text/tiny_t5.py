@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from imagen_keras.saving import atomic_directory
+
 UNTRAINED_NOTE = (
     "This keras-hub T5 preset was written by imagen_keras.text.build_tiny_t5_preset.\n"
     "Its vocabulary was trained on a handful of captions and its weights are RANDOM:\n"
@@ -149,9 +151,9 @@ def build_tiny_t5_preset(
     )
     _randomize(backbone, seed)
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    backbone.save_to_preset(directory)
-    tokenizer.save_to_preset(directory)
-    with open(os.path.join(directory, "UNTRAINED.txt"), "w") as f:
-        f.write(UNTRAINED_NOTE)
+    with atomic_directory(directory) as tmp:  # an interrupted write keeps the old preset
+        backbone.save_to_preset(tmp)
+        tokenizer.save_to_preset(tmp)
+        with open(os.path.join(tmp, "UNTRAINED.txt"), "w") as f:
+            f.write(UNTRAINED_NOTE)
     return directory

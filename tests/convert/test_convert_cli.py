@@ -127,12 +127,12 @@ def test_allowed_partial_conversion_and_failed_save(tmp_path, capsys, monkeypatc
     output.write_bytes(b"previous version")
     before = sorted(os.listdir(tmp_path))
 
-    def failing_save(self, filepath, *args, **kwargs):
+    def failing_save(model, filepath, *args, **kwargs):
         with open(filepath, "wb") as f:
             f.write(b"half a zip")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(keras.Model, "save", failing_save)
+    monkeypatch.setattr(keras.saving, "save_model", failing_save)
     assert main(["unet", source, str(output), "--config", config, "--allow-partial"]) == 1
     printed, err = capsys.readouterr()
     assert err.strip() == "imagen-keras-convert: error: No space left on device"
