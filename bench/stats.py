@@ -161,10 +161,11 @@ def _fig(d, digits=3):
             f"(rounds {lo:.{digits}g}–{hi:.{digits}g}, n={d['n']})")
 
 
-def _util(s):
-    if not s["train"] or not s["train_cpu"]:
+def _util(s, metric="train"):
+    wall, cpu = s[metric], s[metric + "_cpu"]
+    if not wall or not cpu or not wall["median"]:
         return "-"
-    return f"{s['train_cpu']['median']:.3g} ({s['train_cpu']['median'] / s['train']['median']:.2f})"
+    return f"{cpu['median']:.3g} ({cpu['median'] / wall['median']:.2f})"
 
 
 def _verdict_cell(v):
@@ -183,8 +184,9 @@ def report(records, header=None):
                   "| implementation | train s/step: median [IQR] (round medians) "
                   "| train CPU s/step (CPU/wall) | OS threads | first step s "
                   "| train vs reference | sample s/step: median [IQR] (round medians) "
-                  "| sample vs reference | 1st sample call s | peak RSS MB | flags |",
-                  "|---" * 11 + "|"]
+                  "| sample CPU s/step (CPU/wall) | sample vs reference | 1st sample call s "
+                  "| peak RSS MB | flags |",
+                  "|---" * 12 + "|"]
         summaries = {impl: summarize_impl(recs) for impl, recs in impls.items()}
         ref = summaries.get(REFERENCE)
         order = [i for i in IMPL_ORDER if i in summaries] + sorted(
@@ -222,7 +224,8 @@ def report(records, header=None):
                 f"{s['sample_first_call']['median']:.3g}")
             lines.append(
                 f"| {impl} | {_fig(s['train'])} | {_util(s)} | {os_threads} | {first} "
-                f"| {cells['train']} | {_fig(s['sample'])} | {cells['sample']} | {first_sample} "
+                f"| {cells['train']} | {_fig(s['sample'])} | {_util(s, 'sample')} "
+                f"| {cells['sample']} | {first_sample} "
                 f"| {s['peak_rss_mb'] or '-'} | {' '.join(flags)} |")
         lines.append("")
 
