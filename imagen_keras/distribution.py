@@ -1,0 +1,270 @@
+"""Data-parallel training through the active backend's own engine.
+
+TensorFlow trains on several devices with `tf.distribute` (MirroredStrategy on one
+machine, MultiWorkerMirroredStrategy over TF_CONFIG workers, TPUStrategy on a TPU), JAX
+with `keras.distribution.DataParallel` (one SPMD program over every local device, or
+every device of every process after `keras.distribution.initialize`). The torch backend
+has no data-parallel engine in Keras: it trains on one device, and asking it for more
+raises an error instead of silently using one.
+
+This module (with `imagen_keras/backend.py`) is where backend-specific code lives.
+"""
+
+import contextlib
+import json
+import os
+
+import keras
+
+STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "data_parallel")
+TF_STRATEGIES = ("mirrored", "multi_worker", "tpu")
+JAX_STRATEGIES = ("data_parallel",)
+
+_TORCH_MESSAGE = (
+    "Keras' torch backend has no multi-device training engine, so imagen-keras trains on "
+    "one device there. For several GPUs, several machines or TPUs use "
+    "KERAS_BACKEND=jax (strategy='data_parallel') or KERAS_BACKEND=tensorflow "
+    "(strategy='mirrored', 'multi_worker' or 'tpu'); to train on one GPU with torch pass "
+    "strategy=None (and e.g. CUDA_VISIBLE_DEVICES=0)."
+)
+
+
+class DistributionScope:
+    """What `distribution_scope` returns: a context manager over one strategy.
+
+    Build, compile and `fit` the model inside it. `strategy` is the backend's engine (a
+    `tf.distribute.Strategy`, a `keras.distribution.Distribution`, or `None` for one
+    device) and `num_replicas` the number of replicas a global batch is split over.
+    """
+
+    def __init__(self, name, strategy, num_replicas):
+        self.name = name
+        self.strategy = strategy
+        self.num_replicas = num_replicas
+        self._stack = None
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        if self.strategy is not None:
+            self._stack.enter_context(self.strategy.scope())
+        return self
+
+    def __exit__(self, *exc_info):
+        stack, self._stack = self._stack, None
+        return stack.__exit__(*exc_info)
+
+    def __repr__(self):
+        return f"DistributionScope(name={self.name!r}, num_replicas={self.num_replicas})"
+
+
+def distribution_scope(strategy="auto", devices=None):
+    """Select the data-parallel engine of the active Keras backend.
+
+    The global batch (what `fit`'s `batch_size` or the dataset's batch says) is split
+    over the replicas and the diffusion loss is averaged over the whole global batch, so
+    the same global batch gives the same step on one device or many.
+
+    Args:
+        strategy: string or `None`. One of
+            - `"auto"` (default): TensorFlow uses `"multi_worker"` when TF_CONFIG names
+              several tasks, `"mirrored"` when several GPUs (or `devices`) are
+              available, else one device; JAX uses `"data_parallel"` when it sees
+              several devices (or `devices` is given), else one device; torch trains on
+              one device and raises if several GPUs are visible.
+            - `"mirrored"` (TensorFlow): `tf.distribute.MirroredStrategy(devices)`.
+            - `"multi_worker"` (TensorFlow): `tf.distribute.MultiWorkerMirroredStrategy`
+              over the workers in TF_CONFIG. Create it at the start of the program.
+            - `"tpu"` (TensorFlow): `tf.distribute.TPUStrategy` on the TPU found by
+              `TPUClusterResolver` (TPU_NAME or the local TPU VM).
+            - `"data_parallel"` (JAX): `keras.distribution.DataParallel(devices=...)`. On
+              several hosts, call `keras.distribution.initialize(...)` first (it runs
+              `jax.distributed.initialize`); the devices are then those of all hosts.
+            - `None`: no strategy, one device, on every backend.
+        devices: list of device names or `None` (every device). TensorFlow names such as
+            `["/gpu:0", "/gpu:1"]` for `"mirrored"`; `keras.distribution.list_devices()`
+            names such as `["gpu:0", "gpu:1"]` for `"data_parallel"`. Not used by
+            `"multi_worker"` and `"tpu"`, which take their devices from the cluster.
+
+    Returns:
+        A `DistributionScope`: a context manager with `strategy` and `num_replicas`.
+
+    Example:
+    ```python
+    from imagen_keras.distribution import distribution_scope, is_chief
+
+    with distribution_scope("auto") as scope:
+        imagen = Imagen(unet, image_sizes=64, text_embed_dim=768)
+        imagen.compile(optimizer=keras.optimizers.Adam(1e-4))
+        imagen.fit(dataset, epochs=10)  # dataset batched with the GLOBAL batch size
+    if is_chief():
+        imagen.save("imagen.keras")
+    ```
+    """
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ValueError(
+            f"`strategy` must be one of {STRATEGIES} or None. Received: strategy={strategy!r}"
+        )
+    if devices is not None:
+        if isinstance(devices, str) or not all(isinstance(d, str) for d in devices):
+            raise ValueError(
+                f"`devices` must be a list of device names or None. Received: devices={devices!r}"
+            )
+        devices = list(devices)
+        if not devices:
+            raise ValueError("`devices` must name at least one device. Received: devices=[]")
+    if strategy is None:
+        return DistributionScope(None, None, 1)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_scope(strategy, devices)
+    if backend == "jax":
+        return _jax_scope(strategy, devices)
+    if backend == "torch":
+        return _torch_scope(strategy, devices)
+    raise ValueError(
+        "imagen-keras distributes training on the jax and tensorflow backends. "
+        f"Received: KERAS_BACKEND={backend!r}"
+    )
+
+
+def _wrong_backend(strategy, backend, supported):
+    return ValueError(
+        f"strategy={strategy!r} is not available with KERAS_BACKEND={backend!r}; use one of "
+        f"{('auto', *supported, None)}. Received: strategy={strategy!r}"
+    )
+
+
+def _tf_config_tasks():
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    cluster = config.get("cluster", {})
+    return cluster, config.get("task", {})
+
+
+def _tensorflow_scope(strategy, devices):
+    import tensorflow as tf
+
+    if strategy == "data_parallel":
+        raise _wrong_backend(strategy, "tensorflow", TF_STRATEGIES)
+    if strategy in ("multi_worker", "tpu") and devices is not None:
+        raise ValueError(
+            f"strategy={strategy!r} takes its devices from the cluster, not `devices`. "
+            f"Received: devices={devices!r}"
+        )
+    if strategy == "auto":
+        cluster, _ = _tf_config_tasks()
+        if sum(len(tasks) for tasks in cluster.values()) > 1:
+            strategy = "multi_worker"
+        elif devices is not None or len(tf.config.list_logical_devices("GPU")) > 1:
+            strategy = "mirrored"
+        else:
+            return DistributionScope(None, None, 1)
+    if strategy == "mirrored":
+        engine = tf.distribute.MirroredStrategy(devices)
+    elif strategy == "multi_worker":
+        engine = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        engine = tf.distribute.TPUStrategy(resolver)
+    return DistributionScope(strategy, engine, engine.num_replicas_in_sync)
+
+
+def _jax_scope(strategy, devices):
+    if strategy in TF_STRATEGIES:
+        raise _wrong_backend(strategy, "jax", JAX_STRATEGIES)
+    available = keras.distribution.list_devices()
+    if strategy == "auto" and devices is None and len(available) < 2:
+        return DistributionScope(None, None, 1)
+    engine = keras.distribution.DataParallel(devices=devices or available)
+    return DistributionScope("data_parallel", engine, _batch_replicas(engine))
+
+
+def _torch_scope(strategy, devices):
+    import torch
+
+    if strategy != "auto" or (devices is not None and len(devices) > 1):
+        raise ValueError(f"{_TORCH_MESSAGE} Received: strategy={strategy!r}, devices={devices!r}")
+    if devices is None and torch.cuda.device_count() > 1:
+        raise ValueError(
+            f"{torch.cuda.device_count()} GPUs are visible. {_TORCH_MESSAGE} "
+            f"Received: strategy={strategy!r}"
+        )
+    return DistributionScope(None, None, 1)
+
+
+def _batch_replicas(distribution):
+    mesh = distribution.device_mesh
+    return int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
+
+
+def num_replicas():
+    """How many replicas the current global batch is split over (1 on one device).
+
+    TensorFlow: the current `tf.distribute` strategy's `num_replicas_in_sync`; JAX: the
+    size of the batch axis of the current `keras.distribution` mesh; torch: 1.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return int(tf.distribute.get_strategy().num_replicas_in_sync)
+    if backend == "jax":
+        distribution = keras.distribution.distribution()
+        return 1 if distribution is None else _batch_replicas(distribution)
+    return 1
+
+
+def is_chief():
+    """True in the one process that writes checkpoints, sample grids and logs.
+
+    TensorFlow: the "chief" task of TF_CONFIG, or worker 0 when there is no chief (True
+    without TF_CONFIG); JAX: process 0 of `jax.distributed`; torch: always (one process).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        cluster, task = _tf_config_tasks()
+        if not task:
+            return True
+        kind, index = task.get("type"), int(task.get("index", 0))
+        return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+    if backend == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    return True
+
+
+@keras.saving.register_keras_serializable(package="imagen_keras")
+class ReplicaSeedGenerator(keras.random.SeedGenerator):
+    """A `keras.random.SeedGenerator` whose draws differ between tf.distribute replicas.
+
+    Under a `tf.distribute` strategy every replica runs the training step with its own
+    copy of the generator's state; a plain `SeedGenerator` then gives every replica the
+    same timesteps, noise and condition dropout for its different examples. This one
+    advances the state identically on every replica (so the copies stay equal and a
+    saved state resumes the same stream) and folds the replica id into the seed each
+    draw uses. With one replica, and on JAX (whose SPMD program draws for the global
+    batch at once) and torch, its draws are those of `keras.random.SeedGenerator`.
+
+    Args:
+        seed: int or `None`, as for `keras.random.SeedGenerator`.
+        **kwargs: passed to `keras.random.SeedGenerator` (e.g. `name`).
+
+    Example:
+    ```python
+    gen = ReplicaSeedGenerator(seed=1)
+    noise = keras.random.normal((2, 8, 8, 3), seed=gen)
+    ```
+    """
+
+    def next(self, ordered=True):
+        seed = super().next(ordered=ordered)
+        if keras.backend.backend() != "tensorflow":
+            return seed
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return seed
+        return tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
