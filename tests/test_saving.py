@@ -428,6 +428,27 @@ def test_atomic_write_to_url_through_gfile():
             f.write(b"new")
 
 
+def test_save_and_load_through_gfile_url(unet, good_file):
+    tf = pytest.importorskip("tensorflow")
+    folder = f"ram://saving_model_{os.getpid()}"
+    tf.io.gfile.makedirs(folder)
+    url = f"{folder}/unet.keras"
+    unet.save(url)
+    assert tf.io.gfile.listdir(folder) == ["unet.keras"]
+    assert_same_weights(weights_of(load_model(url)), weights_of(unet))
+    with tf.io.gfile.GFile(f"{folder}/half.keras", "wb") as f:
+        f.write(good_file.read_bytes()[:4096])
+    with pytest.raises(ValueError, match=r"half\.keras' is damaged"):
+        load_model(f"{folder}/half.keras")
+    with pytest.raises(FileNotFoundError):
+        load_model(f"{folder}/absent.keras")
+
+
+def test_cascades_save_atomically():
+    assert imagen_keras.Imagen.save is AtomicSaveMixin.save
+    assert imagen_keras.ElucidatedImagen.save_weights is AtomicSaveMixin.save_weights
+
+
 # ---------------------------------------------------------------- atomic_directory (presets)
 
 
