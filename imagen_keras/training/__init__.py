@@ -8,12 +8,14 @@ from imagen_keras.training.non_finite import (
 )
 from imagen_keras.training.optimizers import ImagenAdam, imagen_optimizer
 from imagen_keras.training.schedules import WarmupCosineDecay
+from imagen_keras.training.stages import StageOptimizers
 
 __all__ = [
     "ImagenAdam",
     "NonFiniteStepMonitor",
     "NonFiniteTrainingError",
     "SkipNonFiniteOptimizer",
+    "StageOptimizers",
     "WarmupCosineDecay",
     "copy_ema_to_weights",
     "ema_decay",
