@@ -96,20 +96,38 @@ def _phase_load_values(rec):
     return [x for x in loads if x is not None]
 
 
-def busy_reasons(rec):
-    """Why a record was taken on a machine that was not quiet (empty list: quiet)."""
-    reasons = []
+def _busy(rec):
+    """(kind, value, limit, phase) for each way the machine was not quiet for `rec`."""
+    found = []
     limit = LOAD_MARGIN + rec.get("threads", 1)
     loads = _phase_load_values(rec)
     if loads and max(loads) > limit:
-        reasons.append(f"load average {max(loads):.2f} > {limit:.1f}")
+        found.append(("load average", max(loads), limit, None))
     for phase in ("train", "sample"):
         load = (rec.get(phase) or {}).get("load") or {}
         if load.get("other_cores", 0.0) > MAX_OTHER_CORES:
-            reasons.append(f"other processes used {load['other_cores']:.2f} cores ({phase})")
+            found.append(("cores used by other processes", load["other_cores"],
+                          MAX_OTHER_CORES, phase))
         if load.get("steal_per_s", 0.0) > MAX_STEAL:
-            reasons.append(f"steal {load['steal_per_s']:.2f} cores ({phase})")
-    return reasons
+            found.append(("steal (cores)", load["steal_per_s"], MAX_STEAL, phase))
+    return found
+
+
+def busy_reasons(rec):
+    """Why a record was taken on a machine that was not quiet (empty list: quiet)."""
+    return [f"{kind} {value:.2f} > {limit:.1f}" + (f" ({phase})" if phase else "")
+            for kind, value, limit, phase in _busy(rec)]
+
+
+def busy_summary(recs):
+    """The worst value of each reason over several records, one line each."""
+    worst = {}
+    for rec in recs:
+        for kind, value, limit, _ in _busy(rec):
+            n, top, _ = worst.get(kind, (0, value, limit))
+            worst[kind] = (n + 1, max(top, value), limit)
+    return [f"{kind} up to {top:.2f} > {limit:.1f} ({n} record(s) or phase(s))"
+            for kind, (n, top, limit) in worst.items()]
 
 
 def group_records(records):
@@ -136,7 +154,7 @@ def metric_rounds(recs, metric):
 def summarize_impl(recs):
     s = {m: describe(metric_rounds(recs, m))
          for m in ("train", "train_cpu", "sample", "sample_cpu")}
-    s["busy"] = sorted({reason for r in recs for reason in busy_reasons(r)})
+    s["busy"] = busy_summary(recs)
     s["errors"] = [r["error"] for r in recs if r.get("error")]
     s["first_step"] = describe([[r["train_warmup"][0]["wall_s"]] for r in recs
                                 if r.get("train_warmup")])

@@ -115,7 +115,8 @@ class ReportTest(unittest.TestCase):
                       stats.busy_reasons(record(REF, 1, [1.0], load=2.6))[0])
         self.assertTrue(stats.busy_reasons(record(REF, 1, [1.0], threads=1, load=1.6)))
         other = stats.busy_reasons(record(REF, 1, [1.0], other_cores=0.8))
-        self.assertIn("other processes used 0.80 cores", other[0])
+        self.assertEqual(other, ["cores used by other processes 0.80 > 0.3 (train)",
+                                 "cores used by other processes 0.80 > 0.3 (sample)"])
 
 
 class NoBackendImportTest(unittest.TestCase):
