@@ -29,6 +29,7 @@ import sys
 import yaml
 
 from imagen_keras.convert.checkpoint_io import (
+    NotACheckpointError,
     is_trainer_checkpoint,
     is_unet_package,
     read_checkpoint,
@@ -127,7 +128,7 @@ def _read_config(path, what="imagen-pytorch Unet arguments"):
 def _read_source(path):
     try:
         return read_checkpoint(path)
-    except (OSError, ImportError):
+    except (OSError, ImportError, NotACheckpointError):
         raise
     except Exception as e:  # torch.load, safetensors or numpy refusing the file
         raise ValueError(f"Cannot read {path!r} as a checkpoint: {e}") from e

@@ -114,6 +114,51 @@ def _nest_flat_trainer_checkpoint(flat):
     return checkpoint
 
 
+class NotACheckpointError(ValueError):
+    """A file that is not a torch, safetensors or npz file at all (e.g. a text file)."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _first_bytes(path, size=512):
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def _looks_like(head):
+    text = head.decode("utf-8", errors="replace")
+    if head and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it looks like text: {text[:40]!r}"
+    return f"it starts with {head[:16]!r}"
+
+
+def _check_format(path):
+    """Refuse files that cannot be what their name says, before a reader fails on them
+    with a message of its own internals (torch says "pop from empty list")."""
+    head = _first_bytes(path)
+    if not head:
+        raise NotACheckpointError(f"{path!r} is empty (0 bytes), not a checkpoint.")
+    if path.endswith(".npz"):
+        if not head.startswith(_ZIP_MAGIC):
+            raise NotACheckpointError(
+                f"{path!r} is not an .npz archive (a zip file); {_looks_like(head)}."
+            )
+    elif path.endswith(".safetensors"):
+        # An 8-byte little-endian header length, then the JSON header.
+        if len(head) < 9 or head[8:9] != b"{":
+            raise NotACheckpointError(
+                f"{path!r} is not a .safetensors file (no JSON header); {_looks_like(head)}."
+            )
+    elif not (
+        head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80" or head[257:262] == b"ustar"
+    ):  # torch.save's zip, its legacy pickle, or its oldest (tar) format
+        raise NotACheckpointError(
+            f"{path!r} is not a torch checkpoint (torch.save writes a zip archive or a "
+            f"pickle); {_looks_like(head)}."
+        )
+
+
 def read_checkpoint(path):
     """Read a torch, safetensors or npz file.
 
@@ -129,11 +174,16 @@ def read_checkpoint(path):
 
     Raises:
         FileNotFoundError: if `path` does not exist.
+        NotACheckpointError: (a `ValueError`) if the file cannot be of its kind (empty,
+            text, ...).
         ImportError: for a torch file when torch is not installed.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+    if os.path.isdir(path):
+        raise NotACheckpointError(f"{path!r} is a folder; SOURCE must be a checkpoint file.")
+    _check_format(path)
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as archive:
             return _nest_flat_trainer_checkpoint({k: archive[k] for k in archive.files})
