@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from imagen_keras import Unet
+from imagen_keras.generation import guided_call
 
 warnings.filterwarnings("ignore", message="The base dimension")
 
@@ -37,8 +38,8 @@ def main():
     text_mask = np.array([[True] * 7, [True] * 4 + [False] * 3])
 
     out = unet(images, log_snr, text_embeds=text_embeds, text_mask=text_mask)
-    guided = unet.call_with_cond_scale(
-        images, log_snr, cond_scale=5.0, text_embeds=text_embeds, text_mask=text_mask
+    guided = guided_call(
+        unet, images, log_snr, cond_scale=5.0, text_embeds=text_embeds, text_mask=text_mask
     )
     print(f"backend: {keras.backend.backend()}")
     print(f"Unet parameters: {unet.count_params():,}")

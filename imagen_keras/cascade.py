@@ -1,45 +1,36 @@
 """What the Gaussian and the elucidated cascades share: a `keras.Model` over a chain of unets.
 
-`Cascade` owns the unets (configured in place for their stage), the input checks, the
-low-resolution conditioning of super-resolution stages, `compile`/`fit` of one stage,
-the sampling orchestration (stage by stage, each stage one compiled loop) and
-serialization. A subclass supplies the diffusion: `_stage_loss` (training) and
-`_make_stage_fn` / `_stage_options` (one stage's sampler).
+`Cascade` owns the unets (configured in place for their stage), the low-resolution
+conditioning of super-resolution stages in training, `compile`/`fit` of one stage, the
+text encoder, the one `sample()` signature and serialization. Input checks are in
+`cascade_inputs.py`; generation (seeds, stages, the compiled sampling loops) in
+`generation/`. A subclass supplies the diffusion: `_stage_loss` (training),
+`_sampler_settings` and `_sample_stage` (one stage's sampler).
 """
-
-import random as py_random
-import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
-from imagen_keras.backend import compile_inference_function, is_concrete
+from imagen_keras.cascade_inputs import (
+    INPUT_KEYS,
+    CascadeInputs,
+    check_cascade_arguments,
+    per_unet,
+)
 from imagen_keras.diffusion.gaussian import q_sample
-from imagen_keras.diffusion.noise import initial_seed_state, step_normal
 from imagen_keras.diffusion.schedules import get_log_snr_fn
+from imagen_keras.diffusion.thresholding import dynamic_threshold, static_clip
+from imagen_keras.distribution import ReplicaSeedGenerator
 from imagen_keras.layers.sampling import resize_image_to
+from imagen_keras.saving import AtomicSaveMixin
 from imagen_keras.text.t5_widths import DEFAULT_T5_NAME, get_encoded_dim
-
-INPUT_KEYS = ("images", "texts", "text_embeds", "text_masks", "cond_images")
-
-
-def per_unet(value, num_unets, name):
-    """`value` as a tuple with one entry per unet (a scalar is repeated)."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != num_unets:
-            raise ValueError(
-                f"`{name}` must have one value per unet ({num_unets}). Received: {name}={value!r}"
-            )
-        return tuple(value)
-    return (value,) * num_unets
-
-
-def check_non_negative_int(value, name):
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0
-    ):
-        raise ValueError(f"`{name}` must be a non-negative int or None. Received: {name}={value!r}")
+from imagen_keras.training.non_finite import (
+    NonFiniteStepMonitor,
+    SkipNonFiniteOptimizer,
+    _find_skipping_optimizer,
+)
+from imagen_keras.training.stages import StageOptimizers
 
 
 @keras.saving.register_keras_serializable(package="imagen_keras")
@@ -47,14 +38,18 @@ class PassThroughLoss(keras.losses.Loss):
     """`fit`'s loss for a cascade: the model already returns its diffusion loss.
 
     Going through a `keras.losses.Loss` keeps Keras' loss tracking and its scaling under
-    `tf.distribute` strategies.
+    `tf.distribute` strategies. Keras skips that scaling for a rank-0 loss (its
+    `reduce_values` returns scalars as they are), so the replica's batch-mean loss is
+    returned as a 1-element vector: the `sum_over_batch_size` reduction then divides it
+    by the number of replicas, and the replicas' summed gradients are those of the
+    global-batch mean (without this, N replicas take N times too large a step).
     """
 
     def call(self, y_true, y_pred):
-        return y_pred
+        return ops.reshape(y_pred, (-1,))
 
 
-class Cascade(keras.Model):
+class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
     """Base class of `Imagen` and `ElucidatedImagen`; see those for the arguments."""
 
     def __init__(
@@ -80,27 +75,26 @@ class Cascade(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        unets = list(unets) if isinstance(unets, (list, tuple)) else [unets]
+        unets, image_sizes, crops = check_cascade_arguments(
+            unets,
+            image_sizes=image_sizes,
+            text_encoder_name=text_encoder_name,
+            text_embed_dim=text_embed_dim,
+            channels=channels,
+            cond_drop_prob=cond_drop_prob,
+            random_crop_sizes=random_crop_sizes,
+            lowres_noise_schedule=lowres_noise_schedule,
+            lowres_sample_noise_level=lowres_sample_noise_level,
+            per_sample_random_aug_noise_level=per_sample_random_aug_noise_level,
+            condition_on_text=condition_on_text,
+            auto_normalize_img=auto_normalize_img,
+            dynamic_thresholding=dynamic_thresholding,
+            dynamic_thresholding_percentile=dynamic_thresholding_percentile,
+            only_train_unet_number=only_train_unet_number,
+            resize_mode=resize_mode,
+            seed=seed,
+        )
         n = len(unets)
-        if n == 0:
-            raise ValueError("`unets` must hold at least one unet. Received: unets=[]")
-        image_sizes = per_unet(image_sizes, n, "image_sizes")
-        if list(image_sizes) != sorted(image_sizes):
-            raise ValueError(f"`image_sizes` must increase. Received: image_sizes={image_sizes}")
-        crops = per_unet(random_crop_sizes, n, "random_crop_sizes")
-        if crops[0] is not None:
-            raise ValueError(
-                "The first unet is never randomly cropped; use e.g. random_crop_sizes=(None, 64). "
-                f"Received: random_crop_sizes={random_crop_sizes!r}"
-            )
-        if not 0.0 <= cond_drop_prob <= 1.0:
-            raise ValueError(f"`cond_drop_prob` must be in [0, 1]. Received: {cond_drop_prob}")
-        if only_train_unet_number is not None and not 1 <= only_train_unet_number <= n:
-            raise ValueError(
-                f"`only_train_unet_number` must be in [1, {n}]. "
-                f"Received: only_train_unet_number={only_train_unet_number}"
-            )
-        get_log_snr_fn(lowres_noise_schedule)
 
         self.image_sizes = image_sizes
         self.text_encoder_name = text_encoder_name
@@ -134,13 +128,25 @@ class Cascade(keras.Model):
                     f"A NullUnet can only be the first unet. Received one at {index + 1}."
                 )
         self.unets = unets
-        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        # Replicas of a tf.distribute strategy draw different noise for their examples.
+        self.seed_generator = ReplicaSeedGenerator(seed, name="seed_generator")
         # How many training steps each unet has had (to warn before sampling noise).
         self.unet_train_steps = self.add_weight(
             shape=(n,), initializer="zeros", dtype="int32", trainable=False, name="unet_train_steps"
         )
+        # Training batches refused inside a compiled step: [images out of range, NaN/inf].
+        self.bad_input_batches = self.add_weight(
+            shape=(2,),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="bad_input_batches",
+        )
+        # One optimizer (Adam + EMA + skip counters) per unet, kept across compile calls.
+        self.stage_optimizers = StageOptimizers(n)
         self.unet_number = only_train_unet_number or (1 if n == 1 else None)
-        self._sample_fns = {}
+        self._stage_fns = {}  # compiled sampling stages, see generation.stage
+        self._generation_traces = 0  # how often a stage function was traced
         object.__setattr__(self, "_text_encoder", None)
 
     # ------------------------------------------------------------------ helpers
@@ -202,12 +208,23 @@ class Cascade(keras.Model):
 
     # ------------------------------------------------------------------ training
 
-    def compile(self, optimizer="adam", loss=None, unet_number=None, **kwargs):
+    def compile(self, optimizer=None, loss=None, unet_number=None, **kwargs):
         """Compile `fit` to train stage `unet_number` (required with several unets).
 
-        The other unets are frozen. To train another stage, compile again with its
-        number (each stage then gets its own optimizer state, as in imagen-pytorch).
+        The other unets are frozen. Each stage keeps its own optimizer, as in
+        imagen-pytorch: compiling a stage again without `optimizer` continues with its
+        optimizer state and EMA weights (compiling stage 2 never touches stage 1's).
+        `optimizer=None` gives a new stage `imagen_keras.training.imagen_optimizer()`
+        (Adam with imagen-pytorch's defaults and its EMA warm-up); any other optimizer
+        replaces the stage's. Every optimizer is wrapped in a `SkipNonFiniteOptimizer`:
+        a step whose gradients are NaN or inf never updates the weights.
         """
+        if loss is not None and not isinstance(loss, PassThroughLoss):
+            raise ValueError(
+                "A cascade trains on its own diffusion loss (set by the constructor: "
+                "`loss_type`, `min_snr_loss_weight`, ... or EDM's); `compile` takes no "
+                f"`loss`. Received: loss={loss!r}"
+            )
         if unet_number is None:
             unet_number = self.unet_number
         if unet_number is None:
@@ -227,7 +244,26 @@ class Cascade(keras.Model):
         self.build()  # first: variables created under a frozen layer would stay trainable
         for index, unet in enumerate(self.unets):
             unet.trainable = index == unet_number - 1
+        if optimizer is not None:
+            optimizer = keras.optimizers.get(optimizer)
+            if _find_skipping_optimizer(optimizer) is None:
+                optimizer = SkipNonFiniteOptimizer(optimizer)
+        optimizer = self.stage_optimizers.select(unet_number - 1, optimizer)
         super().compile(optimizer=optimizer, loss=loss or PassThroughLoss(), **kwargs)
+
+    def get_compile_config(self):
+        # With the stage, a loaded `.keras` file is compiled for the same stage and gets
+        # that stage's optimizer state back (other stages: see training.checkpoint).
+        config = super().get_compile_config()
+        if config is not None and self.unet_number is not None:
+            config = dict(config, unet_number=self.unet_number)
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)  # its state is loaded next
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # `call` returns the diffusion loss; the built-in path tracks and scales it.
@@ -252,9 +288,10 @@ class Cascade(keras.Model):
         """
         if isinstance(images, dict):
             unknown = set(images) - set(INPUT_KEYS)
-            if unknown:
+            if unknown or "images" not in images:
                 raise ValueError(
-                    f"Unknown input keys {sorted(unknown)}; expected some of {INPUT_KEYS}."
+                    f'`images` as a dict needs an "images" key and only keys of {INPUT_KEYS}. '
+                    f"Received keys: {sorted(images)}"
                 )
             inputs = dict(images)
             images = inputs.pop("images")
@@ -262,7 +299,10 @@ class Cascade(keras.Model):
             text_embeds = inputs.get("text_embeds", text_embeds)
             text_masks = inputs.get("text_masks", text_masks)
             cond_images = inputs.get("cond_images", cond_images)
-        unet_number = unet_number or self.unet_number or (1 if self.num_unets == 1 else None)
+        if unet_number is None:
+            unet_number = self.unet_number
+        if unet_number is None and self.num_unets == 1:
+            unet_number = 1
         if unet_number is None:
             raise ValueError(
                 f"This cascade has {self.num_unets} unets: pass `unet_number` "
@@ -283,8 +323,21 @@ class Cascade(keras.Model):
         )
         loss = self._stage_loss(unet, index, x_start, unet_kwargs, training)
         if training:
+            # Inside a compiled step the values cannot be checked before the step: a
+            # batch out of range or with NaN/inf pixels makes the loss (and so the
+            # gradients) NaN, the optimizer skips the step, and `fit` reports it.
+            low, high = self.input_image_range
+            out_of_range = ops.logical_or(
+                ops.any(images < low - 1e-3), ops.any(images > high + 1e-3)
+            )
+            non_finite = ops.logical_not(ops.all(ops.isfinite(images)))
+            flags = ops.cast(ops.stack([out_of_range, non_finite]), "int32")
+            self.bad_input_batches.assign(self.bad_input_batches + flags)
+            bad = ops.any(flags > 0)
+            loss = loss * ops.where(bad, float("nan"), 1.0)
+            step = ops.one_hot(index, self.num_unets, dtype="int32")
             self.unet_train_steps.assign(
-                self.unet_train_steps + ops.one_hot(index, self.num_unets, dtype="int32")
+                self.unet_train_steps + step * (1 - ops.cast(bad, "int32"))
             )
         return loss
 
@@ -363,105 +416,6 @@ class Cascade(keras.Model):
             out.append(ops.slice(t, start, (shape[0], crop, crop, t.shape[-1])))
         return out
 
-    def _as_float_images(self, images, name):
-        images = ops.convert_to_tensor(images)
-        if len(images.shape) != 4:
-            raise ValueError(
-                f"`{name}` must be (batch, height, width, channels). "
-                f"Received: {name}.shape={tuple(images.shape)}"
-            )
-        if keras.backend.standardize_dtype(images.dtype) == "uint8":
-            return ops.cast(images, "float32") / 255.0
-        return ops.cast(images, "float32")
-
-    def _prepare_images(self, images, index):
-        is_uint8 = keras.backend.standardize_dtype(getattr(images, "dtype", "float32")) == "uint8"
-        images = self._as_float_images(images, "images")
-        if not is_uint8 and is_concrete(images):  # a value check only outside compiled code
-            low, high = self.input_image_range
-            lo, hi = float(ops.min(images)), float(ops.max(images))
-            if lo < low - 1e-3 or hi > high + 1e-3:
-                raise ValueError(
-                    f"`images` must be in [{low}, {high}] (auto_normalize_img="
-                    f"{self.auto_normalize_img}). Received values in [{lo:.3g}, {hi:.3g}]"
-                )
-        _, h, w, c = images.shape
-        size = self.image_sizes[index]
-        if c != self.channels or (h is not None and h != w):
-            raise ValueError(
-                f"`images` must be square with {self.channels} channels (channels-last). "
-                f"Received: images.shape={tuple(images.shape)}"
-            )
-        if h is not None and h < size:
-            raise ValueError(
-                f"Unet {index + 1} trains at {size}x{size}; `images` must be at least that "
-                f"large. Received: images.shape={tuple(images.shape)}"
-            )
-        return images
-
-    def _prepare_text(self, texts, text_embeds, text_masks, images):
-        if texts is not None and text_embeds is None and self.condition_on_text:
-            if not is_concrete(images if images is not None else ops.zeros(())):
-                raise ValueError(
-                    "`texts` cannot be encoded inside a compiled training step. Give `fit` "
-                    "a dict of arrays or a batched tf.data.Dataset with a 'texts' key (both "
-                    "are encoded before the step), attach an EmbeddingCache to the dataset, "
-                    "or pass `text_embeds`."
-                )
-            text_embeds, text_masks = self.encode_text(texts)
-        if not self.condition_on_text:
-            if text_embeds is not None or texts is not None:
-                raise ValueError(
-                    "This model has condition_on_text=False but `text_embeds` or `texts` "
-                    "were given."
-                )
-            return None, None
-        if text_embeds is None:
-            raise ValueError("This Imagen is text-conditioned: pass `text_embeds` (or `texts`).")
-        text_embeds = ops.cast(ops.convert_to_tensor(text_embeds), "float32")
-        if len(text_embeds.shape) != 3 or text_embeds.shape[-1] != self.text_embed_dim:
-            raise ValueError(
-                f"`text_embeds` must be (batch, tokens, {self.text_embed_dim}). "
-                f"Received: text_embeds.shape={tuple(text_embeds.shape)}"
-            )
-        if (
-            images is not None
-            and images.shape[0] is not None
-            and text_embeds.shape[0] is not None
-            and images.shape[0] != text_embeds.shape[0]
-        ):
-            raise ValueError(
-                "`text_embeds` must have one row per image. Received: "
-                f"images.shape={tuple(images.shape)}, text_embeds.shape={tuple(text_embeds.shape)}"
-            )
-        if text_masks is None:
-            text_masks = ops.any(ops.not_equal(text_embeds, 0.0), axis=-1)
-        else:
-            text_masks = ops.cast(ops.convert_to_tensor(text_masks), "bool")
-            if tuple(text_masks.shape) != tuple(text_embeds.shape[:2]):
-                raise ValueError(
-                    f"`text_masks` must be (batch, tokens) = {tuple(text_embeds.shape[:2])}. "
-                    f"Received: text_masks.shape={tuple(text_masks.shape)}"
-                )
-        return text_embeds, text_masks
-
-    def _warn_untrained(self, first, last):
-        steps = ops.convert_to_numpy(self.unet_train_steps)
-        untrained = [n for n in range(first, last + 1) if steps[n - 1] == 0]
-        if untrained:
-            trained = [n for n in range(1, self.num_unets + 1) if steps[n - 1] > 0]
-            hint = (
-                f" Trained so far: {trained}; stop at the last trained stage with "
-                f"`stop_at_unet_number={max(trained)}`."
-                if trained
-                else ""
-            )
-            warnings.warn(
-                f"Unet(s) {untrained} have never been trained in this model: their samples "
-                f"will be noise.{hint}",
-                stacklevel=4,
-            )
-
     # ------------------------------------------------------------------ text
 
     @property
@@ -507,16 +461,35 @@ class Cascade(keras.Model):
             data, self.encode_text, embed_dim=self.text_embed_dim, length=self.max_text_len
         )
 
-    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+    def fit(self, x=None, y=None, *args, validation_data=None, callbacks=None, **kwargs):
         """`keras.Model.fit`; data with a "texts" key (dict of arrays or batched
-        tf.data.Dataset of dicts) is encoded with the text encoder first."""
+        tf.data.Dataset of dicts) is encoded with the text encoder first.
+
+        Two monitors are added to the callbacks: a batch of images out of range stops
+        training with a `ValueError` (its step was skipped, no weight changed), and
+        steps with NaN or inf gradients are skipped, reported, and stop training after
+        the optimizer's `max_consecutive_non_finite` in a row.
+        """
         x = self._encode_data_texts(x)
         validation_data = self._encode_data_texts(validation_data)
-        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, InputRangeMonitor) for c in callbacks):
+            callbacks.append(InputRangeMonitor())
+        if _find_skipping_optimizer(getattr(self, "optimizer", None)) is not None and not any(
+            isinstance(c, NonFiniteStepMonitor) for c in callbacks
+        ):
+            callbacks.append(NonFiniteStepMonitor())
+        return super().fit(
+            x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs
+        )
 
     def train_on_batch(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.train_on_batch`; a "texts" key is encoded first, as in `fit`."""
-        return super().train_on_batch(self._encode_data_texts(x), y, *args, **kwargs)
+        """`keras.Model.train_on_batch`; a "texts" key is encoded first, as in `fit`.
+        A batch of images out of range raises a `ValueError` after its (skipped) step."""
+        before = ops.convert_to_numpy(self.bad_input_batches).copy()
+        logs = super().train_on_batch(self._encode_data_texts(x), y, *args, **kwargs)
+        check_bad_inputs(self, before)
+        return logs
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`; a "texts" key is encoded first, as in `fit`."""
@@ -524,184 +497,115 @@ class Cascade(keras.Model):
 
     # ------------------------------------------------------------------ sampling
 
-    def _sample(
+    def sample(
         self,
-        *,
-        texts,
-        text_masks,
-        text_embeds,
-        cond_images,
-        inpaint_images,
-        inpaint_masks,
-        inpaint_resample_times,
-        init_images,
-        skip_steps,
-        batch_size,
-        cond_scale,
-        cfg_remove_parallel_component,
-        cfg_keep_parallel_frac,
-        lowres_sample_noise_level,
-        start_at_unet_number,
-        start_image_or_video,
-        stop_at_unet_number,
-        return_all_unet_outputs,
-        return_pil_images,
-        seed,
-        verbose,
-        stage_options,
+        texts=None,
+        text_masks=None,
+        text_embeds=None,
+        cond_images=None,
+        inpaint_images=None,
+        inpaint_masks=None,
+        inpaint_resample_times=5,
+        init_images=None,
+        skip_steps=None,
+        batch_size=1,
+        cond_scale=1.0,
+        cfg_remove_parallel_component=True,
+        cfg_keep_parallel_frac=0.0,
+        lowres_sample_noise_level=None,
+        start_at_unet_number=1,
+        start_image_or_video=None,
+        stop_at_unet_number=None,
+        return_all_unet_outputs=False,
+        return_pil_images=False,
+        seed=None,
+        verbose=True,
+        use_non_ema=False,
+        **sampler_options,
     ):
-        """Run the cascade; `stage_options(index)` gives the sampler's per-stage settings
-        (hashable, part of the compiled function's cache key)."""
-        self.build()
-        n = self.num_unets
-        text_embeds, text_masks = self._prepare_text(texts, text_embeds, text_masks, None)
-        if text_embeds is not None:
-            batch_size = text_embeds.shape[0]
-        if inpaint_images is not None or inpaint_masks is not None:
-            if inpaint_images is None or inpaint_masks is None:
-                raise ValueError("Inpainting needs both `inpaint_images` and `inpaint_masks`.")
-            inpaint_images = self._as_float_images(inpaint_images, "inpaint_images")
-            if text_embeds is None and batch_size == 1:
-                batch_size = inpaint_images.shape[0]
-            inpaint_masks = ops.convert_to_tensor(inpaint_masks)
-            expected = (batch_size, *inpaint_images.shape[1:3])
-            if inpaint_images.shape[0] != batch_size or tuple(inpaint_masks.shape) != expected:
-                raise ValueError(
-                    f"`inpaint_images` must be ({batch_size}, h, w, {self.channels}) and "
-                    f"`inpaint_masks` ({batch_size}, h, w). Received: inpaint_images.shape="
-                    f"{tuple(inpaint_images.shape)}, "
-                    f"inpaint_masks.shape={tuple(inpaint_masks.shape)}"
-                )
-            check_non_negative_int(inpaint_resample_times, "inpaint_resample_times")
-            if inpaint_resample_times < 1:
-                raise ValueError(
-                    "`inpaint_resample_times` must be at least 1. "
-                    f"Received: inpaint_resample_times={inpaint_resample_times}"
-                )
-        cond_scales = per_unet(cond_scale, n, "cond_scale")
-        if any(s != 1 for s in cond_scales) and self.cond_drop_prob == 0:
-            raise ValueError(
-                "Classifier-free guidance (cond_scale != 1) needs a model trained with "
-                f"cond_drop_prob > 0. Received: cond_scale={cond_scale}, cond_drop_prob=0"
-            )
-        # Like the reference, one image (not a per-unet list) initialises every stage.
-        if not isinstance(init_images, (list, tuple)):
-            init_images = (init_images,) * n
-        init_images = per_unet(init_images, n, "init_images")
-        skip_steps = per_unet(skip_steps, n, "skip_steps")
-        for skip in skip_steps:
-            check_non_negative_int(skip, "skip_steps")
-        if cond_images is not None:
-            cond_images = self._as_float_images(cond_images, "cond_images")
-        level = (
-            self.lowres_sample_noise_level
-            if lowres_sample_noise_level is None
-            else lowres_sample_noise_level
-        )
-        if not 1 <= start_at_unet_number <= n:
-            raise ValueError(
-                f"`start_at_unet_number` must be in [1, {n}]. Received: {start_at_unet_number}"
-            )
-        stop = n if stop_at_unet_number is None else stop_at_unet_number
-        if not start_at_unet_number <= stop <= n:
-            raise ValueError(
-                f"`stop_at_unet_number` must be in [{start_at_unet_number}, {n}]. "
-                f"Received: stop_at_unet_number={stop_at_unet_number}"
-            )
-        img = None
-        if start_at_unet_number > 1:
-            if start_image_or_video is None:
-                raise ValueError("`start_at_unet_number > 1` needs `start_image_or_video`.")
-            img = self._as_float_images(start_image_or_video, "start_image_or_video")
-            img = resize_image_to(img, self.image_sizes[start_at_unet_number - 2], self.resize_mode)
-            batch_size = img.shape[0]
-        options = [stage_options(index) for index in range(n)]
-        self._warn_untrained(start_at_unet_number, stop)
+        """Generate images through the cascade (imagen-pytorch's `Imagen.sample`).
 
-        seed = py_random.randint(1, 2**31 - 1) if seed is None else seed
-        base_state = initial_seed_state(seed)
-        outputs = []
-        progbar = keras.utils.Progbar(stop - start_at_unet_number + 1, verbose=int(bool(verbose)))
-        for number in range(start_at_unet_number, stop + 1):
-            index = number - 1
-            if getattr(self.unets[index], "is_null", False):
-                raise ValueError(f"Unet {number} is a NullUnet: there is nothing to sample from.")
-            size = self.image_sizes[index]
-            stage_state = base_state + ops.convert_to_tensor([0, 10**6 * index], "uint32")
-            tensors = dict(
-                text_embeds=text_embeds,
+        Returns images in [0, 1], channels-last, as a backend tensor (a list of PIL
+        images with `return_pil_images=True`; a list per stage with
+        `return_all_unet_outputs=True`).
+
+        Args:
+            texts: list of str, encoded with the text encoder; or give `text_embeds`
+                `(batch, tokens, text_embed_dim)` and optionally `text_masks`.
+            cond_images: condition images of unets with `cond_images_channels`.
+            inpaint_images, inpaint_masks: known images and `(batch, height, width)`
+                bools (True where known); the known region is kept (RePaint).
+            inpaint_resample_times: int, defaults to 5. RePaint resamplings per step.
+            init_images: images added to each stage's initial noise (or one per
+                unet); with `skip_steps`, an image-to-image start.
+            skip_steps: int or per-unet list, first sampler steps to skip.
+            batch_size: int, defaults to 1; the number of images when no text,
+                image or seed list gives it.
+            cond_scale: float or per-unet list, defaults to 1. Classifier-free
+                guidance scale (1: none). Changing it does not recompile.
+            cfg_remove_parallel_component: bool, defaults to `True`.
+            cfg_keep_parallel_frac: float in [0, 1], defaults to 0.
+            lowres_sample_noise_level: float in [0, 1] or `None` (the constructor's).
+            start_at_unet_number, start_image_or_video, stop_at_unet_number: run
+                only part of the cascade, from the given images of the previous stage.
+            return_all_unet_outputs, return_pil_images: see above.
+            seed: int, list of ints or `None`. Image `i` is drawn from its own seed
+                (`seed + i` for an int, `seed[i]` for a list) and depends on nothing
+                else: `sample(seed=[5, 6, 7])[1]` is `sample(seed=6)` for the same
+                inputs, whatever the batch.
+            verbose: bool, defaults to `True`: a progress bar over the stages.
+            use_non_ema: bool, defaults to `False`: stages trained with an EMA
+                optimizer (the default `imagen_optimizer`) sample with their EMA
+                weights, also in the middle of training; `True` uses the online ones.
+            **sampler_options: the cascade's sampler settings (see the subclass).
+        """
+        from imagen_keras.generation.generate import generate
+
+        with self.stage_optimizers.ema_weights(self.unets, enabled=not use_non_ema):
+            return generate(
+                self,
+                texts=texts,
                 text_masks=text_masks,
+                text_embeds=text_embeds,
                 cond_images=cond_images,
-                prev=img,
-                init=None,
-                inpaint=None,
-                mask=None,
+                inpaint_images=inpaint_images,
+                inpaint_masks=inpaint_masks,
+                inpaint_resample_times=inpaint_resample_times,
+                init_images=init_images,
+                skip_steps=skip_steps,
+                batch_size=batch_size,
+                cond_scale=cond_scale,
+                cfg_remove_parallel_component=cfg_remove_parallel_component,
+                cfg_keep_parallel_frac=cfg_keep_parallel_frac,
+                lowres_sample_noise_level=lowres_sample_noise_level,
+                start_at_unet_number=start_at_unet_number,
+                start_image_or_video=start_image_or_video,
+                stop_at_unet_number=stop_at_unet_number,
+                return_all_unet_outputs=return_all_unet_outputs,
+                return_pil_images=return_pil_images,
+                seed=seed,
+                verbose=verbose,
+                sampler_options=sampler_options,
             )
-            if init_images[index] is not None:
-                init = self._as_float_images(init_images[index], "init_images")
-                tensors["init"] = self.normalize_img(resize_image_to(init, size, self.resize_mode))
-            if inpaint_images is not None:
-                tensors["inpaint"] = self.normalize_img(
-                    resize_image_to(inpaint_images, size, self.resize_mode)
-                )
-                mask = ops.cast(inpaint_masks, "float32")[..., None]
-                tensors["mask"] = ops.cast(resize_image_to(mask, size, "nearest"), "bool")
-            key = (
-                index,
-                int(batch_size),
-                float(cond_scales[index]),
-                int(skip_steps[index] or 0),
-                int(inpaint_resample_times) if inpaint_images is not None else 1,
-                bool(cfg_remove_parallel_component),
-                float(cfg_keep_parallel_frac),
-                float(level),
-                options[index],
-                tuple(k for k, v in tensors.items() if v is not None),
-            )
-            if key not in self._sample_fns:
-                self._sample_fns[key] = compile_inference_function(
-                    self, self._make_stage_fn(*key[:-1])
-                )
-            img = self.unnormalize_img(self._sample_fns[key](stage_state, tensors))
-            outputs.append(img)
-            progbar.add(1)
 
-        if return_pil_images:
-            from PIL import Image
-
-            def to_pil(batch):
-                array = np.clip(np.round(ops.convert_to_numpy(batch) * 255.0), 0, 255)
-                return [Image.fromarray(a.astype(np.uint8).squeeze()) for a in array]
-
-            outputs = [to_pil(o) for o in outputs]
-        return outputs if return_all_unet_outputs else outputs[-1]
-
-    def _make_stage_fn(
-        self, index, batch, cond_scale, skip, resample, remove_parallel, keep_frac, level, options
-    ):
-        """`fn(seed_state, tensors) -> images in [-1, 1]` sampling stage `index`; subclasses."""
+    def _sampler_settings(self, options):
+        """Per unet, a dict of the sampler's settings for `sample(**options)`:
+        `"static"` (hashable, part of the compiled stage's key), `"num_steps"` (int)
+        and other runtime scalars passed to the stage as tensors; subclasses."""
         raise NotImplementedError
 
-    def _stage_unet_kwargs(self, index, batch, level, seed_state, tensors):
-        """The unet's conditioning while sampling stage `index`: text, condition images,
-        and for super-resolution stages the previous stage's output noised to the
-        augmentation time `level` (draw 1 of the stage's seed), with the same
-        `lowres_noise_times = log_snr(level)` quantity as in training."""
-        unet_kwargs = {}
-        if tensors["text_embeds"] is not None:
-            unet_kwargs["text_embeds"] = tensors["text_embeds"]
-            unet_kwargs["text_mask"] = tensors["text_masks"]
-        if tensors["cond_images"] is not None:
-            unet_kwargs["cond_images"] = tensors["cond_images"]
-        if self.unets[index].lowres_cond:
-            size = self.image_sizes[index]
-            lowres_fn = get_log_snr_fn(self.lowres_noise_schedule)
-            lowres = self.normalize_img(resize_image_to(tensors["prev"], size, self.resize_mode))
-            aug_times = ops.full((batch,), level, dtype="float32")
-            noise = step_normal(ops.shape(lowres), seed_state, 1)
-            unet_kwargs["lowres_cond_img"], *_ = q_sample(lowres, aug_times, noise, lowres_fn)
-            unet_kwargs["lowres_noise_times"] = lowres_fn(aug_times)
-        return unet_kwargs
+    def _sample_stage(self, index, structure, network, noise, inputs):
+        """Sample stage `index` with the guided `network(x, noise_cond, self_cond)`;
+        `noise(draw)` is the stage's per-image noise. Returns `x` in the model range
+        (unclipped); subclasses. See `generation.stage`."""
+        raise NotImplementedError
+
+    def _threshold(self, index):
+        """The clean-image estimate's thresholding of stage `index` (Imagen 2.3)."""
+        if self.dynamic_thresholding[index]:
+            percentile = self.dynamic_thresholding_percentile
+            return lambda x0: dynamic_threshold(x0, percentile)
+        return static_clip
 
     # ------------------------------------------------------------------ config
 
@@ -735,3 +639,28 @@ class Cascade(keras.Model):
         config = dict(config)
         config["unets"] = [keras.saving.deserialize_keras_object(u) for u in config["unets"]]
         return cls(**config)
+
+
+def check_bad_inputs(model, before):
+    """Raise if training batches were refused for images out of range since `before`."""
+    now = ops.convert_to_numpy(model.bad_input_batches)
+    if now[0] > before[0]:
+        low, high = model.input_image_range
+        raise ValueError(
+            f"`images` must be in [{low}, {high}] (auto_normalize_img="
+            f"{model.auto_normalize_img}; uint8 images are divided by 255). Received: a "
+            f"training batch with values outside that range ({int(now[0] - before[0])} "
+            "batch(es)); its step was skipped and no weight changed. Scale float images "
+            "from 0..255 to [0, 1] (or pass uint8)."
+        )
+
+
+class InputRangeMonitor(keras.callbacks.Callback):
+    """Stops `fit` with a `ValueError` at the first batch of images out of range (the
+    check runs inside the compiled step, which skips that batch's update)."""
+
+    def on_train_begin(self, logs=None):
+        self._before = ops.convert_to_numpy(self.model.bad_input_batches).copy()
+
+    def on_train_batch_end(self, batch, logs=None):
+        check_bad_inputs(self.model, self._before)

@@ -9,18 +9,18 @@ method with churn over the Karras schedule (32 steps by default instead of 1000)
 """
 
 import keras
+import numpy as np
 from keras import ops
 
-from imagen_keras.cascade import Cascade, per_unet
+from imagen_keras.cascade import Cascade
+from imagen_keras.cascade_inputs import is_finite_number, per_unet
 from imagen_keras.diffusion.elucidated import (
     edm_loss_weight,
     edm_preconditioning,
     edm_training_sigmas,
-    heun_sample,
-    karras_sigmas,
 )
-from imagen_keras.diffusion.noise import step_normal
-from imagen_keras.diffusion.thresholding import dynamic_threshold, static_clip
+from imagen_keras.diffusion.samplers import karras_schedule, sample_heun
+from imagen_keras.generation.stage import FIRST_SAMPLER_DRAW, INITIAL_DRAW
 from imagen_keras.text.t5_widths import DEFAULT_T5_NAME
 
 __all__ = ["ElucidatedImagen"]
@@ -39,8 +39,6 @@ EDM_HPARAMS = (
     "S_tmax",
     "S_noise",
 )
-# Stage draw numbers: 0 initial noise, 1 low-res augmentation, then the sampler's draws.
-_FIRST_LOOP_DRAW = 2
 
 
 def _pad(x):
@@ -187,6 +185,10 @@ class ElucidatedImagen(Cascade):
         for steps in hparams["num_sample_steps"]:
             if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
                 bad("num_sample_steps", "must be a positive int (or one per unet)")
+        for name in EDM_HPARAMS[1:]:
+            for value in hparams[name]:
+                if not is_finite_number(value):
+                    bad(name, "must be a finite number (for every unet)")
         for name in ("sigma_min", "sigma_data", "rho", "P_std"):
             if any(not v > 0 for v in hparams[name]):
                 bad(name, "must be positive (for every unet)")
@@ -229,144 +231,71 @@ class ElucidatedImagen(Cascade):
 
     # ------------------------------------------------------------------ sampling
 
-    def sample(
-        self,
-        texts=None,
-        text_masks=None,
-        text_embeds=None,
-        cond_images=None,
-        inpaint_images=None,
-        inpaint_masks=None,
-        inpaint_resample_times=5,
-        init_images=None,
-        skip_steps=None,
-        sigma_min=None,
-        sigma_max=None,
-        batch_size=1,
-        cond_scale=1.0,
-        cfg_remove_parallel_component=True,
-        cfg_keep_parallel_frac=0.0,
-        lowres_sample_noise_level=None,
-        start_at_unet_number=1,
-        start_image_or_video=None,
-        stop_at_unet_number=None,
-        return_all_unet_outputs=False,
-        return_pil_images=False,
-        seed=None,
-        verbose=True,
-    ):
-        """Generate images through the cascade with Heun's sampler
-        (imagen-pytorch's `ElucidatedImagen.sample`).
-
-        Arguments and return value as `Imagen.sample`; `skip_steps` counts Heun steps
-        (of `num_sample_steps`), `init_images` are added to the initial noise, and
-        `sigma_min`/`sigma_max` (scalar or per unet) override the constructor's for
-        this call. Each step calls the unet twice (once on the last step); with
-        `cond_scale != 1` each call runs the conditional and unconditional batch
-        together. The same `seed` gives the same images.
-        """
+    def _sampler_settings(self, options):
+        """Sampler options of `ElucidatedImagen.sample`: `sigma_min` and `sigma_max`
+        (scalar or per unet) override the constructor's for this call."""
+        unknown = set(options) - {"sigma_min", "sigma_max"}
+        if unknown:
+            raise ValueError(
+                f"Unknown argument(s) of `ElucidatedImagen.sample`: {sorted(unknown)}. The "
+                "sampler options are `sigma_min` and `sigma_max`."
+            )
         n = self.num_unets
-        sigma_min = per_unet(sigma_min, n, "sigma_min")
-        sigma_max = per_unet(sigma_max, n, "sigma_max")
-        schedules = []
+        sigma_min = per_unet(options.get("sigma_min"), n, "sigma_min")
+        sigma_max = per_unet(options.get("sigma_max"), n, "sigma_max")
+        settings = []
         for index in range(n):
             low = self.sigma_min[index] if sigma_min[index] is None else sigma_min[index]
             high = self.sigma_max[index] if sigma_max[index] is None else sigma_max[index]
-            if not 0 < low < high:
+            if (
+                not all(isinstance(v, (int, float, np.number)) for v in (low, high))
+                or not np.isfinite(high)
+                or not 0 < low < high
+            ):
                 raise ValueError(
-                    "`sigma_min` must be positive and below `sigma_max`. Received: "
-                    f"sigma_min={low!r}, sigma_max={high!r} for unet {index + 1}"
+                    "`sigma_min` must be positive and below `sigma_max` (both finite). "
+                    f"Received: sigma_min={low!r}, sigma_max={high!r} for unet {index + 1}"
                 )
-            schedules.append((float(low), float(high)))
-        for index, skip in enumerate(per_unet(skip_steps, n, "skip_steps")):
-            if skip is not None and not 0 <= skip < self.num_sample_steps[index]:
-                raise ValueError(
-                    f"`skip_steps` must be in [0, num_sample_steps - 1] = "
-                    f"[0, {self.num_sample_steps[index] - 1}] for unet {index + 1}. "
-                    f"Received: skip_steps={skip_steps!r}"
-                )
-        return self._sample(
-            texts=texts,
-            text_masks=text_masks,
-            text_embeds=text_embeds,
-            cond_images=cond_images,
-            inpaint_images=inpaint_images,
-            inpaint_masks=inpaint_masks,
-            inpaint_resample_times=inpaint_resample_times,
-            init_images=init_images,
-            skip_steps=skip_steps,
-            batch_size=batch_size,
-            cond_scale=cond_scale,
-            cfg_remove_parallel_component=cfg_remove_parallel_component,
-            cfg_keep_parallel_frac=cfg_keep_parallel_frac,
-            lowres_sample_noise_level=lowres_sample_noise_level,
-            start_at_unet_number=start_at_unet_number,
-            start_image_or_video=start_image_or_video,
-            stop_at_unet_number=stop_at_unet_number,
-            return_all_unet_outputs=return_all_unet_outputs,
-            return_pil_images=return_pil_images,
-            seed=seed,
-            verbose=verbose,
-            stage_options=lambda index: schedules[index],
-        )
+            settings.append(
+                {
+                    "static": ("heun",),
+                    "num_steps": self.num_sample_steps[index],
+                    "sigma_min": float(low),
+                    "sigma_max": float(high),
+                }
+            )
+        return settings
 
-    def _make_stage_fn(
-        self, index, batch, cond_scale, skip, resample, remove_parallel, keep_frac, level, options
-    ):
-        sigma_min, sigma_max = options
+    def _sample_stage(self, index, structure, network, noise, inputs):
         unet = self.unets[index]
-        size = self.image_sizes[index]
-        shape = (batch, size, size, self.channels)
-        threshold = self.dynamic_thresholding[index]
-        percentile = self.dynamic_thresholding_percentile
+        threshold = self._threshold(index)
 
-        def stage(seed_state, tensors):
-            unet_kwargs = self._stage_unet_kwargs(index, batch, level, seed_state, tensors)
-            sigmas = karras_sigmas(
-                self.num_sample_steps[index], sigma_min, sigma_max, self.rho[index]
-            )
+        def denoise(x, sigma, x0_prev):
+            def net(scaled, c_noise):
+                return network(scaled, c_noise, x0_prev if unet.self_cond else None)
 
-            def denoise(x, sigma, x0_prev):
-                def network(scaled, c_noise):
-                    return unet.call_with_cond_scale(
-                        scaled,
-                        c_noise,
-                        cond_scale=cond_scale,
-                        remove_parallel_component=remove_parallel,
-                        keep_parallel_frac=keep_frac,
-                        self_cond=x0_prev if unet.self_cond else None,
-                        **unet_kwargs,
-                    )
+            return threshold(self._denoise(net, x, sigma, index))
 
-                denoised = self._denoise(network, x, sigma, index)
-                if threshold:
-                    return dynamic_threshold(denoised, percentile)
-                return static_clip(denoised)
-
-            x = sigmas[0] * step_normal(shape, seed_state, 0)
-            if tensors["init"] is not None:
-                x = x + tensors["init"]
-            x = heun_sample(
-                denoise,
-                x,
-                sigmas,
-                S_churn=self.S_churn[index],
-                S_tmin=self.S_tmin[index],
-                S_tmax=self.S_tmax[index],
-                S_noise=self.S_noise[index],
-                skip_steps=skip,
-                self_conditioning=True,
-                inpaint_images=tensors["inpaint"],
-                inpaint_masks=tensors["mask"],
-                resample_times=resample,
-                noise_fn=lambda k: step_normal(shape, seed_state, _FIRST_LOOP_DRAW + k),
-            )
-            x = ops.clip(x, -1.0, 1.0)
-            if tensors["inpaint"] is not None:
-                x = ops.where(tensors["mask"], tensors["inpaint"], x)
-            return x
-
-        return stage
+        schedule = karras_schedule(
+            inputs["num_steps"], inputs["sigma_min"], inputs["sigma_max"], self.rho[index]
+        )
+        x = schedule(0) * noise(INITIAL_DRAW)
+        if inputs.get("init") is not None:
+            x = x + inputs["init"]
+        return sample_heun(
+            denoise,
+            x,
+            schedule,
+            lambda k: noise(FIRST_SAMPLER_DRAW + k),
+            S_churn=self.S_churn[index],
+            S_tmin=self.S_tmin[index],
+            S_tmax=self.S_tmax[index],
+            S_noise=self.S_noise[index],
+            start_step=inputs["skip_steps"],
+            inpaint_images=inputs.get("inpaint"),
+            inpaint_masks=inputs.get("mask"),
+            resample_times=structure.resample_times,
+        )
 
     # ------------------------------------------------------------------ config
 

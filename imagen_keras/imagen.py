@@ -6,17 +6,21 @@ on every backend; `imagen.sample(...)` runs the cascade, each stage's loop compi
 The plumbing shared with `ElucidatedImagen` lives in `cascade.py`.
 """
 
-import functools
-
 import keras
 import numpy as np
 from keras import ops
 
-from imagen_keras.cascade import Cascade, PassThroughLoss, per_unet
-from imagen_keras.diffusion.gaussian import predict_start_from_noise, q_sample
+from imagen_keras.cascade import Cascade, PassThroughLoss
+from imagen_keras.cascade_inputs import check_real, is_int, per_unet
+from imagen_keras.diffusion.gaussian import (
+    predict_start_from_noise,
+    predict_start_from_v,
+    q_sample,
+)
 from imagen_keras.diffusion.loss_weights import min_snr_loss_weight, p2_loss_weight
+from imagen_keras.diffusion.samplers import sample_ancestral, sample_ddim, time_schedule
 from imagen_keras.diffusion.schedules import default_noise_schedules, get_log_snr_fn
-from imagen_keras.imagen_sampling import ddim_sample_stage, gaussian_sample_stage
+from imagen_keras.generation.stage import FIRST_SAMPLER_DRAW, INITIAL_DRAW
 from imagen_keras.text.t5_widths import DEFAULT_T5_NAME
 
 __all__ = ["Imagen", "PassThroughLoss"]
@@ -24,6 +28,15 @@ __all__ = ["Imagen", "PassThroughLoss"]
 PRED_OBJECTIVES = ("noise", "x_start", "v")
 LOSS_TYPES = ("l1", "l2", "huber")
 SAMPLERS = ("ancestral", "ddim")
+
+
+def x_start_from_prediction(pred, x_t, t, objective, log_snr_fn):
+    """The clean image a unet's prediction (`objective`: noise, x_start or v) implies."""
+    if objective == "noise":
+        return predict_start_from_noise(x_t, t, pred, log_snr_fn)
+    if objective == "v":
+        return predict_start_from_v(x_t, t, pred, log_snr_fn)
+    return pred
 
 
 def _loss_fn(loss_type):
@@ -79,6 +92,18 @@ class Imagen(Cascade):
         p2_loss_weight_k: float, defaults to 1.
         seed: int or `None`. Seed of the training randomness.
 
+    Sampling (`sample(...)`, arguments in `Cascade.sample`) takes these sampler options:
+        sampler: "ancestral" (default) or "ddim". Ancestral sampling is the reference's
+            and gives the best quality with many steps (each unet's `timesteps`,
+            typically 1000); DDIM with `ddim_eta=0` is deterministic given the initial
+            noise and meant for 25-100 steps. Both use the same guidance, thresholding,
+            self-conditioning, `init_images`, `skip_steps` and inpainting (DDIM
+            inpaints without RePaint resampling).
+        ddim_steps: int, per-unet tuple or `None` (each unet's `timesteps`).
+            `skip_steps` skips the first of these.
+        ddim_eta: float >= 0, defaults to 0 (deterministic); 1 gives DDIM the ancestral
+            sampler's step variance.
+
     Example:
     ```python
     unet = Unet(dim=8, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8, max_text_len=8,
@@ -90,7 +115,8 @@ class Imagen(Cascade):
     ```
 
     Reference: Saharia et al., "Photorealistic Text-to-Image Diffusion Models with Deep
-    Language Understanding" (2022); Ho et al., "Cascaded Diffusion Models" (2021).
+    Language Understanding" (2022); Ho et al., "Cascaded Diffusion Models" (2021); Song et
+    al., "Denoising Diffusion Implicit Models" (2021).
     """
 
     def __init__(
@@ -154,6 +180,12 @@ class Imagen(Cascade):
             **kwargs,
         )
         self.timesteps = per_unet(timesteps, n, "timesteps")
+        for steps in self.timesteps:
+            if not is_int(steps) or steps < 1:
+                raise ValueError(
+                    "`timesteps` must be a positive int (or one per unet). "
+                    f"Received: timesteps={timesteps!r}"
+                )
         self.loss_type = loss_type
         self.noise_schedules = default_noise_schedules(n, noise_schedules)
         self.pred_objectives = objectives
@@ -161,6 +193,12 @@ class Imagen(Cascade):
         self.min_snr_gamma = per_unet(min_snr_gamma, n, "min_snr_gamma")
         self.p2_loss_weight_gamma = per_unet(p2_loss_weight_gamma, n, "p2_loss_weight_gamma")
         self.p2_loss_weight_k = p2_loss_weight_k
+        for weighted, gamma in zip(self.min_snr_loss_weight, self.min_snr_gamma):
+            if weighted:
+                check_real(gamma, "min_snr_gamma", 0.0, low_open=True)
+        for gamma in self.p2_loss_weight_gamma:
+            check_real(gamma, "p2_loss_weight_gamma", 0.0)
+        check_real(p2_loss_weight_k, "p2_loss_weight_k", 0.0, low_open=True)
 
     # ------------------------------------------------------------------ training
 
@@ -197,141 +235,68 @@ class Imagen(Cascade):
 
     # ------------------------------------------------------------------ sampling
 
-    def sample(
-        self,
-        texts=None,
-        text_masks=None,
-        text_embeds=None,
-        cond_images=None,
-        inpaint_images=None,
-        inpaint_masks=None,
-        inpaint_resample_times=5,
-        init_images=None,
-        skip_steps=None,
-        batch_size=1,
-        cond_scale=1.0,
-        cfg_remove_parallel_component=True,
-        cfg_keep_parallel_frac=0.0,
-        lowres_sample_noise_level=None,
-        start_at_unet_number=1,
-        start_image_or_video=None,
-        stop_at_unet_number=None,
-        return_all_unet_outputs=False,
-        return_pil_images=False,
-        seed=None,
-        verbose=True,
-        sampler="ancestral",
-        ddim_steps=None,
-        ddim_eta=0.0,
-    ):
-        """Generate images through the cascade (imagen-pytorch's `Imagen.sample`).
-
-        Returns images in [0, 1], channels-last, as a backend tensor (or a list of PIL
-        images with `return_pil_images=True`; or a list per stage with
-        `return_all_unet_outputs=True`). The same `seed` gives the same images.
-        `inpaint_masks` are `(batch, height, width)` bools, True where
-        `inpaint_images` is kept.
-
-        Which sampler: `"ancestral"` (the default) is the reference's sampler and gives
-        the best quality with many steps (each unet's `timesteps`, typically 1000);
-        `"ddim"` with `ddim_eta=0` is deterministic given the initial noise and is meant
-        for 25-100 steps (10-40 times fewer unet calls). Both use the same guidance,
-        thresholding, self-conditioning, `init_images`, `skip_steps` and inpainting
-        (DDIM inpaints without RePaint resampling: `inpaint_resample_times` is ignored).
-
-        Sampler arguments:
-            sampler: "ancestral" (default) or "ddim".
-            ddim_steps: int, per-unet tuple or `None` (default: each unet's
-                `timesteps`). DDIM steps over the continuous schedule; `skip_steps`
-                skips the first of these.
-            ddim_eta: float >= 0, defaults to 0 (deterministic). 1 gives DDIM the
-                ancestral sampler's step variance.
-
-        Reference: Song et al., "Denoising Diffusion Implicit Models" (2021).
-        """
-        n = self.num_unets
+    def _sampler_settings(self, options):
+        """Sampler options of `Imagen.sample` (see the class docstring):
+        `sampler="ancestral"|"ddim"`, `ddim_steps`, `ddim_eta`."""
+        unknown = set(options) - {"sampler", "ddim_steps", "ddim_eta"}
+        if unknown:
+            raise ValueError(
+                f"Unknown argument(s) of `Imagen.sample`: {sorted(unknown)}. The sampler "
+                "options are `sampler`, `ddim_steps` and `ddim_eta`."
+            )
+        sampler = options.get("sampler", "ancestral")
         if sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}. Received: sampler={sampler!r}")
-        ddim_steps = per_unet(ddim_steps, n, "ddim_steps")
+        ddim_steps = per_unet(options.get("ddim_steps"), self.num_unets, "ddim_steps")
         for steps in ddim_steps:
-            if steps is not None and (
-                isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1
-            ):
+            if steps is not None and (not is_int(steps) or steps < 1):
                 raise ValueError(
                     "`ddim_steps` must be a positive int, a per-unet tuple of them or None. "
-                    f"Received: ddim_steps={ddim_steps!r}"
+                    f"Received: ddim_steps={options.get('ddim_steps')!r}"
                 )
-        if (
-            isinstance(ddim_eta, bool)
-            or not isinstance(ddim_eta, (int, float, np.number))
-            or ddim_eta < 0
-        ):
-            raise ValueError(f"`ddim_eta` must be a number >= 0. Received: ddim_eta={ddim_eta!r}")
-
-        def stage_options(index):
+        eta = options.get("ddim_eta", 0.0)
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.number)) or not eta >= 0:
+            raise ValueError(f"`ddim_eta` must be a number >= 0. Received: ddim_eta={eta!r}")
+        if not np.isfinite(eta):
+            raise ValueError(f"`ddim_eta` must be finite. Received: ddim_eta={eta!r}")
+        settings = []
+        for index in range(self.num_unets):
             if sampler == "ddim":
-                return (sampler, int(ddim_steps[index] or self.timesteps[index]), float(ddim_eta))
-            return (sampler, None, 0.0)
+                steps = int(ddim_steps[index] or self.timesteps[index])
+                settings.append({"static": ("ddim", float(eta)), "num_steps": steps})
+            else:
+                settings.append({"static": ("ancestral",), "num_steps": self.timesteps[index]})
+        return settings
 
-        return self._sample(
-            texts=texts,
-            text_masks=text_masks,
-            text_embeds=text_embeds,
-            cond_images=cond_images,
-            inpaint_images=inpaint_images,
-            inpaint_masks=inpaint_masks,
-            inpaint_resample_times=inpaint_resample_times,
-            init_images=init_images,
-            skip_steps=skip_steps,
-            batch_size=batch_size,
-            cond_scale=cond_scale,
-            cfg_remove_parallel_component=cfg_remove_parallel_component,
-            cfg_keep_parallel_frac=cfg_keep_parallel_frac,
-            lowres_sample_noise_level=lowres_sample_noise_level,
-            start_at_unet_number=start_at_unet_number,
-            start_image_or_video=start_image_or_video,
-            stop_at_unet_number=stop_at_unet_number,
-            return_all_unet_outputs=return_all_unet_outputs,
-            return_pil_images=return_pil_images,
-            seed=seed,
-            verbose=verbose,
-            stage_options=stage_options,
-        )
-
-    def _make_stage_fn(
-        self, index, batch, cond_scale, skip, resample, remove_parallel, keep_frac, level, options
-    ):
-        sampler, ddim_steps, ddim_eta = options
+    def _sample_stage(self, index, structure, network, noise, inputs):
         unet = self.unets[index]
-        size = self.image_sizes[index]
-        shape = (batch, size, size, self.channels)
-        if sampler == "ddim":
-            sample_stage = functools.partial(ddim_sample_stage, eta=ddim_eta, num_steps=ddim_steps)
-        else:
-            sample_stage = gaussian_sample_stage
+        log_snr_fn = get_log_snr_fn(self.noise_schedules[index])
+        objective = self.pred_objectives[index]
+        threshold = self._threshold(index)
 
-        def stage(seed_state, tensors):
-            return sample_stage(
-                unet,
-                shape,
-                seed_state,
-                timesteps=self.timesteps[index],
-                noise_schedule=self.noise_schedules[index],
-                pred_objective=self.pred_objectives[index],
-                use_dynamic_threshold=self.dynamic_thresholding[index],
-                dynamic_threshold_percentile=self.dynamic_thresholding_percentile,
-                cond_scale=cond_scale,
-                remove_parallel_component=remove_parallel,
-                keep_parallel_frac=keep_frac,
-                skip_steps=skip,
-                resample_times=resample,
-                unet_kwargs=self._stage_unet_kwargs(index, batch, level, seed_state, tensors),
-                init_images=tensors["init"],
-                inpaint_images=tensors["inpaint"],
-                inpaint_masks=tensors["mask"],
+        def denoise(x, t, x0_prev):
+            pred = network(x, log_snr_fn(t), x0_prev if unet.self_cond else None)
+            pred = ops.cast(pred, "float32")
+            return threshold(x_start_from_prediction(pred, x, t, objective, log_snr_fn))
+
+        x = noise(INITIAL_DRAW)
+        if inputs.get("init") is not None:
+            x = x + inputs["init"]
+        kwargs = dict(
+            log_snr_fn=log_snr_fn,
+            start_step=inputs["skip_steps"],
+            inpaint_images=inputs.get("inpaint"),
+            inpaint_masks=inputs.get("mask"),
+            resample_times=structure.resample_times,
+        )
+        schedule = time_schedule(inputs["num_steps"])
+        sampler_noise = lambda k: noise(FIRST_SAMPLER_DRAW + k)  # noqa: E731
+        if structure.sampler[0] == "ddim":
+            kwargs["resample_times"] = 1
+            return sample_ddim(
+                denoise, x, schedule, sampler_noise, eta=structure.sampler[1], **kwargs
             )
-
-        return stage
+        return sample_ancestral(denoise, x, schedule, sampler_noise, **kwargs)
 
     # ------------------------------------------------------------------ config
 

@@ -10,7 +10,6 @@ import warnings
 import keras
 from keras import ops
 
-from imagen_keras.diffusion.guidance import classifier_free_guidance
 from imagen_keras.layers.attention import TransformerBlock
 from imagen_keras.layers.common import cast_tuple, conv2d, dense
 from imagen_keras.layers.embeddings import LearnedSinusoidalPosEmb
@@ -535,9 +534,8 @@ class Unet(keras.Model):
     def build(self, input_shape):
         self._create_layers()
         # Structure does not depend on the image size; any valid size builds the layers.
-        size = self.downsample_factor * 4
-        h = input_shape[1] if input_shape and input_shape[1] else size
-        w = input_shape[2] if input_shape and input_shape[2] else size
+        # A bad size in `input_shape` is left to `call`, whose check names it.
+        h = w = self.downsample_factor * 4
         kt = lambda shape, dtype="float32": keras.KerasTensor(shape, dtype=dtype)
         inputs = dict(
             x=kt((1, h, w, self.channels)),
@@ -778,43 +776,6 @@ class Unet(keras.Model):
         hiddens = self.text_non_attn_out(ops.silu(self.text_non_attn_in(hiddens)))
         hiddens = ops.where(keep[:, None], hiddens, ops.cast(self.null_text_hidden, dtype))
         return tokens, hiddens
-
-    def call_with_cond_scale(
-        self,
-        x,
-        time,
-        cond_scale=1.0,
-        remove_parallel_component=True,
-        keep_parallel_frac=0.0,
-        **kwargs,
-    ):
-        """Classifier-free guided prediction (imagen-pytorch `forward_with_cond_scale`).
-
-        The conditional and unconditional passes run as one batch of `2 * batch`.
-        `cond_scale` may be a Python float or a scalar tensor.
-        """
-        kwargs.pop("cond_drop_prob", None)
-        if isinstance(cond_scale, (int, float)) and cond_scale == 1:
-            return self(x, time, cond_drop_prob=0.0, **kwargs)
-        batch = ops.shape(x)[0]
-        doubled = {
-            k: (None if v is None else ops.concatenate([v, v], axis=0)) for k, v in kwargs.items()
-        }
-        keep = ops.concatenate(
-            [ops.ones((batch,), dtype="bool"), ops.zeros((batch,), dtype="bool")], axis=0
-        )
-        out = self(
-            ops.concatenate([x, x], axis=0),
-            ops.concatenate([time, time], axis=0),
-            text_keep_mask=keep,
-            **doubled,
-        )
-        cond, null = out[:batch], out[batch:]
-        return classifier_free_guidance(
-            cond, null, cond_scale, remove_parallel_component, keep_parallel_frac
-        )
-
-    forward_with_cond_scale = call_with_cond_scale
 
     # ------------------------------------------------------------------ config
 

@@ -16,7 +16,10 @@ import json  # noqa: E402
 import pathlib  # noqa: E402
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from imagen_keras import Unet  # noqa: E402
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
 
@@ -49,3 +52,40 @@ def golden():
     """Exact values produced by imagen-pytorch 2.1.0 (see shared/reference/make_golden.py)."""
     with open(DATA_DIR / "imagen-pytorch-golden.json") as f:
         return json.load(f)
+
+
+# ------------------------------------------------------------------ tiny cascades
+# Shared by the cascade tests (Imagen, ElucidatedImagen, generation, errors, texts).
+
+TEXT_DIM = 16
+SIZES = (8, 16)
+# Compile training steps on JAX (eager JAX is slow); graph/eager elsewhere compiles faster.
+JIT = keras.backend.backend() == "jax"
+
+
+def tiny_unet(**kwargs):
+    """A dim-8 two-level Unet with attention at 8x8 (the smallest that exercises everything)."""
+    config = dict(
+        dim=8,
+        dim_mults=(1, 2),
+        attn_heads=2,
+        attn_dim_head=8,
+        max_text_len=4,
+        attn_pool_num_latents=2,
+        layer_attns=(False, True),
+        layer_cross_attns=(False, True),
+    )
+    config.update(kwargs)
+    return Unet(**config)
+
+
+def colour_data(n=16, seed=0):
+    """Red images for text A (+1 embeddings), blue ones for text B (-1 embeddings)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    embeds = np.where(labels[:, None, None] == 0, 1.0, -1.0) * np.ones((n, 3, TEXT_DIM))
+    embeds = (embeds + 0.05 * rng.normal(size=embeds.shape)).astype("float32")
+    red, blue = np.array([0.9, 0.1, 0.1]), np.array([0.1, 0.1, 0.9])
+    colours = np.where(labels[:, None] == 0, red, blue)
+    images = colours[:, None, None, :] + 0.03 * rng.normal(size=(n, SIZES[-1], SIZES[-1], 3))
+    return np.clip(images, 0, 1).astype("float32"), embeds

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from imagen_keras import Imagen
-from tests.test_imagen import SIZES, TEXT_DIM, colour_data, tiny_unet
+from tests.conftest import SIZES, TEXT_DIM, colour_data, tiny_unet
 
 _STATE = {}
 

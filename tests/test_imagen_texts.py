@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from imagen_keras import ElucidatedImagen, Imagen
-from tests.test_imagen import JIT, tiny_unet
+from tests.conftest import JIT, tiny_unet
 from tests.unet_helpers import to_numpy
 
 CAPTIONS = ["a red square", "a blue circle", "a small green tree", "red and blue"]

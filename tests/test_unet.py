@@ -3,9 +3,11 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from imagen_keras import Unet
 from imagen_keras.diffusion import classifier_free_guidance
+from imagen_keras.generation import guided_call, guided_network, prepare_conditioning
 from tests.unet_helpers import (
     CONFIGS,
     SIZE,
@@ -57,8 +59,10 @@ def test_cfg_scale_one_equals_conditional(name):
     unet = built_unet(name)
     x, time, kwargs = make_inputs(CONFIGS[name])
     cond = to_numpy(unet(x, time, **kwargs))
-    guided = to_numpy(unet.call_with_cond_scale(x, time, cond_scale=1.0, **kwargs))
-    np.testing.assert_allclose(guided, cond, atol=1e-6)
+    # The doubled (conditional + null) batch of a compiled sampler, at a tensor scale of 1.
+    conditioning = prepare_conditioning(kwargs, x.shape[0], guided=True)
+    net = guided_network(unet, conditioning, guided=True, cond_scale=ops.convert_to_tensor(1.0))
+    np.testing.assert_allclose(to_numpy(net(x, time)), cond, atol=1e-5)
 
 
 @pytest.mark.parametrize("remove_parallel", [True, False])
@@ -68,8 +72,8 @@ def test_cfg_combines_conditional_and_null(remove_parallel):
     cond = unet(x, time, **kwargs)
     null = unet(x, time, cond_drop_prob=1.0, **kwargs)
     expected = to_numpy(classifier_free_guidance(cond, null, 3.0, remove_parallel))
-    guided = unet.forward_with_cond_scale(
-        x, time, cond_scale=3.0, remove_parallel_component=remove_parallel, **kwargs
+    guided = guided_call(
+        unet, x, time, cond_scale=3.0, remove_parallel_component=remove_parallel, **kwargs
     )
     np.testing.assert_allclose(to_numpy(guided), expected, atol=1e-4, rtol=1e-4)
     assert np.abs(expected - to_numpy(cond)).max() > 1e-3
@@ -185,7 +189,7 @@ def test_bfloat16_forward():
     out = unet(x, time, **kwargs)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert np.all(np.isfinite(to_numpy(out)))
-    guided = unet.call_with_cond_scale(x, time, cond_scale=2.0, **kwargs)
+    guided = guided_call(unet, x, time, cond_scale=2.0, **kwargs)
     assert np.all(np.isfinite(to_numpy(guided)))
 
 

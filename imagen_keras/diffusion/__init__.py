@@ -5,7 +5,6 @@ from imagen_keras.diffusion.elucidated import (
     edm_preconditioning,
     edm_training_sigmas,
     heun_churn_gamma,
-    heun_sample,
     karras_sigmas,
 )
 from imagen_keras.diffusion.gaussian import (
@@ -18,6 +17,14 @@ from imagen_keras.diffusion.gaussian import (
 )
 from imagen_keras.diffusion.guidance import classifier_free_guidance, project
 from imagen_keras.diffusion.loss_weights import min_snr_loss_weight, p2_loss_weight
+from imagen_keras.diffusion.samplers import (
+    Schedule,
+    karras_schedule,
+    sample_ancestral,
+    sample_ddim,
+    sample_heun,
+    time_schedule,
+)
 from imagen_keras.diffusion.schedules import (
     cosine_log_snr,
     default_noise_schedules,
@@ -29,6 +36,7 @@ from imagen_keras.diffusion.schedules import (
 from imagen_keras.diffusion.thresholding import dynamic_threshold, static_clip
 
 __all__ = [
+    "Schedule",
     "classifier_free_guidance",
     "cosine_log_snr",
     "default_noise_schedules",
@@ -38,7 +46,7 @@ __all__ = [
     "edm_training_sigmas",
     "get_log_snr_fn",
     "heun_churn_gamma",
-    "heun_sample",
+    "karras_schedule",
     "karras_sigmas",
     "linear_log_snr",
     "log_snr_to_alpha_sigma",
@@ -51,6 +59,10 @@ __all__ = [
     "project",
     "q_posterior",
     "q_sample",
+    "sample_ancestral",
+    "sample_ddim",
+    "sample_heun",
     "sampling_time_pairs",
     "static_clip",
+    "time_schedule",
 ]

@@ -15,10 +15,9 @@ from keras import ops
 
 from imagen_keras.convert import __main__ as cli
 from imagen_keras.convert.__main__ import main
-from tests.convert.test_unet_conversion import (  # noqa: F401 (_fast_jax_compiles: autouse)
+from tests.convert.test_unet_conversion import (
     FIXTURES,
     SMALL,
-    _fast_jax_compiles,
     assert_matches,
     load_fixture,
     run,

@@ -19,7 +19,6 @@ from imagen_keras.convert import __main__ as cli
 from imagen_keras.convert import read_checkpoint
 from imagen_keras.convert.__main__ import main
 from tests.convert.test_convert_imagen import ELUCIDATED, FIXTURES, GAUSSIAN, converted
-from tests.convert.test_unet_conversion import _fast_jax_compiles  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The base dimension of the Unet")
 

@@ -12,7 +12,6 @@ made. No imagen-pytorch (nor torch) is needed here.
 import contextlib
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -33,8 +32,8 @@ from imagen_keras.diffusion import (
     q_sample,
     static_clip,
 )
-from imagen_keras.imagen_sampling import x_start_from_prediction
-from tests.convert.test_unet_conversion import _fast_jax_compiles  # noqa: F401 (autouse)
+from imagen_keras.generation import guided_call
+from imagen_keras.imagen import x_start_from_prediction
 
 FIXTURES = pathlib.Path(__file__).parents[1] / "data" / "reference_cascades"
 GAUSSIAN, ELUCIDATED = "imagen_8to16", "elucidated_8to16"
@@ -106,9 +105,7 @@ def stage_fn(imagen, index):
     def gaussian(inputs):
         log_snr_fn = get_log_snr_fn(imagen.noise_schedules[index])
         x, t = inputs["x"], inputs["t"]
-        pred = unet.call_with_cond_scale(
-            x, log_snr_fn(t), cond_scale=COND_SCALE, **conditioning(inputs)
-        )
+        pred = guided_call(unet, x, log_snr_fn(t), cond_scale=COND_SCALE, **conditioning(inputs))
         objective = imagen.pred_objectives[index]
         x_start = threshold(x_start_from_prediction(pred, x, t, objective, log_snr_fn))
         mean, _, log_var = q_posterior(x_start, x, t, inputs["t_next"], log_snr_fn)
@@ -118,8 +115,8 @@ def stage_fn(imagen, index):
         x, sigma = inputs["x"], inputs["sigma"]
         c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, imagen.sigma_data[index])
         pad = lambda c: ops.reshape(c, (-1, 1, 1, 1))  # noqa: E731
-        out = unet.call_with_cond_scale(
-            pad(c_in) * x, c_noise, cond_scale=COND_SCALE, **conditioning(inputs)
+        out = guided_call(
+            unet, pad(c_in) * x, c_noise, cond_scale=COND_SCALE, **conditioning(inputs)
         )
         denoised = pad(c_skip) * x + pad(c_out) * out
         return dict(denoised=denoised, denoised_clamped=threshold(denoised))
@@ -155,8 +152,8 @@ def draw_tables(imagen, reference):
 
     Per stage the reference draws: the low-res augmentation noise (super-resolution
     stages), the initial noise, then one draw per step (Gaussian: the posterior noise;
-    elucidated: the churn noise). Our stage loops number their draws (see
-    `imagen_sampling.py` / `elucidated_imagen.py`): 0 initial noise, 1 augmentation
+    elucidated: the churn noise). Our stages number their draws (see
+    `generation/stage.py` and `diffusion/samplers.py`): 0 initial noise, 1 augmentation
     noise, then step `i` uses 3 + 3 i (Gaussian ancestral) or 2 + i (Heun). Returns
     shape -> `(draws, *shape)` table (stages have distinct image sizes).
     """
@@ -181,32 +178,26 @@ def draw_tables(imagen, reference):
 
 @contextlib.contextmanager
 def replayed_noise(tables):
-    """Make every `step_normal` of imagen_keras return the recorded draw instead."""
-    import imagen_keras.diffusion.noise as noise
+    """Make the stages' per-image noise return the recorded draws instead (a batch-noise
+    mode: the reference draws one tensor per batch)."""
+    import imagen_keras.generation.stage as stage
 
-    original = noise.step_normal
+    original = stage.per_sample_normal
 
-    def step_normal(shape, seed_state, step, dtype="float32"):
+    def per_sample_normal(seeds, shape, draw):
         table = ops.convert_to_tensor(tables[tuple(int(s) for s in shape)])
-        return ops.cast(ops.take(table, step, axis=0), dtype)
+        return ops.take(table, draw % stage.DRAWS_PER_STAGE, axis=0)
 
-    patched = [
-        m
-        for name, m in list(sys.modules.items())
-        if name.startswith("imagen_keras") and getattr(m, "step_normal", None) is original
-    ]
-    for module in patched:
-        module.step_normal = step_normal
+    stage.per_sample_normal = per_sample_normal
     try:
         yield
     finally:
-        for module in patched:
-            module.step_normal = original
+        stage.per_sample_normal = original
 
 
 def sample_with_reference_noise(imagen, reference):
     """`imagen.sample` as the fixture's reference call, with the reference's draws."""
-    saved, imagen._sample_fns = imagen._sample_fns, {}  # no traces with real noise
+    saved, imagen._stage_fns = imagen._stage_fns, {}  # no traces with real noise
     try:
         with replayed_noise(draw_tables(imagen, reference)):
             outputs = imagen.sample(
@@ -218,7 +209,7 @@ def sample_with_reference_noise(imagen, reference):
                 seed=0,
             )
     finally:
-        imagen._sample_fns = saved
+        imagen._stage_fns = saved
     return [ops.convert_to_numpy(o) for o in outputs]
 
 

@@ -8,6 +8,7 @@ three configs; `--run-slow` converts all of them.
 import json
 import pathlib
 import sys
+from functools import partial
 
 import keras
 import numpy as np
@@ -21,6 +22,7 @@ from imagen_keras.convert import (
     unet_from_imagen_pytorch,
     unet_kwargs_from_imagen_pytorch,
 )
+from imagen_keras.generation import guided_call
 
 FIXTURES = pathlib.Path(__file__).parents[1] / "data" / "reference_unets"
 RTOL = 1e-4  # max |keras - torch| <= RTOL * max(1, max |torch|)
@@ -29,20 +31,6 @@ FAST = ("tiny64_unet_te128", "sr_unet_te128_lowres")
 ALL = sorted(p.name[: -len(".npz")] for p in FIXTURES.glob("*.npz"))
 
 pytestmark = pytest.mark.filterwarnings("ignore:The base dimension of the Unet")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_jax_compiles():
-    """XLA's optimisation passes cost more than they save on these tiny unets (CPU)."""
-    if keras.backend.backend() != "jax":
-        yield
-        return
-    import jax
-
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def _nhwc(array):
@@ -75,8 +63,9 @@ def run(unet, method, inputs, **static):
     op-by-op execution is too slow for a whole Unet on CPU."""
     inputs = dict(inputs)
     x, time = inputs.pop("x"), inputs.pop("time")
+    call = getattr(unet, method) if method != "guided_call" else partial(guided_call, unet)
     if keras.backend.backend() != "jax":
-        return ops.convert_to_numpy(getattr(unet, method)(x, time, **inputs, **static))
+        return ops.convert_to_numpy(call(x, time, **inputs, **static))
     import jax
 
     variables = unet.variables
@@ -85,7 +74,7 @@ def run(unet, method, inputs, **static):
 
         def fn(values, x, time, inputs):
             with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return getattr(unet, method)(x, time, **inputs, **static)
+                return call(x, time, **inputs, **static)
 
         _JITTED[key] = jax.jit(fn)
     return np.asarray(_JITTED[key]([v.value for v in variables], x, time, inputs))
@@ -123,7 +112,7 @@ def test_outputs_match_reference(name):
         null = run(unet, "__call__", inputs, cond_drop_prob=1.0)
         assert_matches(null, outputs["output_null"], f"{name}, cond_drop_prob=1")
     if "output_cond_scale3" in outputs:
-        guided = run(unet, "forward_with_cond_scale", inputs, cond_scale=3.0)
+        guided = run(unet, "guided_call", inputs, cond_scale=3.0)
         assert_matches(guided, outputs["output_cond_scale3"], f"{name}, cond_scale=3")
 
 
