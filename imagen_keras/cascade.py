@@ -475,8 +475,15 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
         callbacks = list(callbacks or [])
         if not any(isinstance(c, InputRangeMonitor) for c in callbacks):
             callbacks.append(InputRangeMonitor())
-        if _find_skipping_optimizer(getattr(self, "optimizer", None)) is not None and not any(
-            isinstance(c, NonFiniteStepMonitor) for c in callbacks
+        # Under tf.distribute the skip counters are replica variables that the monitor
+        # cannot read from the host yet: the steps are still skipped, not reported.
+        from imagen_keras.distribution import num_replicas
+
+        monitor_skips = keras.backend.backend() != "tensorflow" or num_replicas() == 1
+        if (
+            monitor_skips
+            and _find_skipping_optimizer(getattr(self, "optimizer", None))
+            and not any(isinstance(c, NonFiniteStepMonitor) for c in callbacks)
         ):
             callbacks.append(NonFiniteStepMonitor())
         return super().fit(
