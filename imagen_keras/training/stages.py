@@ -50,6 +50,18 @@ class StageOptimizers:
         """The optimizer of stage `index` (0-based), or None if it never trained."""
         return self.optimizers[index]
 
+    def steps(self):
+        """Optimizer updates of each stage (`iterations`; 0 for a stage never compiled).
+
+        An update is one optimizer step: micro-batches of gradient accumulation and
+        steps skipped for NaN/inf gradients are not counted (imagen-pytorch's
+        `ImagenTrainer.steps`).
+        """
+        return [
+            0 if optimizer is None else int(keras.ops.convert_to_numpy(optimizer.iterations))
+            for optimizer in self.optimizers
+        ]
+
     def select(self, index, optimizer=None):
         """The optimizer for `compile`-ing stage `index` (0-based), stored for next time.
 
