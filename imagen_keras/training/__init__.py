@@ -9,12 +9,12 @@ from imagen_keras.training.callbacks import (
     total_steps,
 )
 from imagen_keras.training.checkpoint import (
-    CheckpointManager,
     checkpoint_metadata,
     load_checkpoint,
     load_imagen_from_checkpoint,
     save_checkpoint,
 )
+from imagen_keras.training.checkpoint_manager import CheckpointManager
 from imagen_keras.training.ema import copy_ema_to_weights, ema_decay, ema_pairs, ema_weights
 from imagen_keras.training.non_finite import (
     NonFiniteStepMonitor,

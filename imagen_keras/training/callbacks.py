@@ -254,7 +254,7 @@ class CheckpointCallback(_EveryNSteps):
     """
 
     def __init__(self, manager, every_n_steps=1000, extra=None):
-        from imagen_keras.training.checkpoint import CheckpointManager
+        from imagen_keras.training.checkpoint_manager import CheckpointManager
 
         super().__init__(every_n_steps)
         if isinstance(manager, (str, os.PathLike)):

@@ -19,7 +19,6 @@ What differs from the reference, and why:
 """
 
 import math
-import numbers
 
 import keras
 import numpy as np
@@ -27,17 +26,23 @@ import numpy as np
 from imagen_keras.distribution import is_chief
 from imagen_keras.training.callbacks import CheckpointCallback
 from imagen_keras.training.checkpoint import (
-    CheckpointManager,
     _exists,
     checkpoint_metadata,
     load_checkpoint,
     save_checkpoint,
 )
+from imagen_keras.training.checkpoint_manager import CheckpointManager
 from imagen_keras.training.ema import _unwrap
 from imagen_keras.training.optimizers import imagen_optimizer
+from imagen_keras.training.trainer_data import (
+    INPUT_KEYS,
+    batched,
+    check_positive_int,
+    examples,
+    micro_batches,
+    split_valid,
+)
 
-INPUT_KEYS = ("images", "texts", "text_embeds", "text_masks", "cond_images")
-_DATASET_OPTIONS = ("shuffle", "shuffle_buffer_size", "drop_remainder")
 # Tensors with one row per image, which `sample(max_batch_size=...)` cuts into chunks.
 _SAMPLE_BATCH_KEYS = (
     "texts",
@@ -57,13 +62,6 @@ def _per_unet(value, num_unets, name):
             f"`{name}` must be one value or one per unet ({num_unets}). Received: {name}={value!r}"
         )
     return values
-
-
-def _positive_int_or_none(value, name):
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
-    ):
-        raise ValueError(f"`{name}` must be a positive int or None. Received: {name}={value!r}")
 
 
 def _rows(value):
@@ -192,8 +190,8 @@ class ImagenTrainer:
                 "`split_valid_fraction` must be in [0, 1). "
                 f"Received: split_valid_fraction={split_valid_fraction!r}"
             )
-        _positive_int_or_none(checkpoint_every, "checkpoint_every")
-        _positive_int_or_none(max_batch_size, "max_batch_size")
+        check_positive_int(checkpoint_every, "checkpoint_every")
+        check_positive_int(max_batch_size, "max_batch_size")
         if only_train_unet_number is not None:
             imagen._check_unet_number(only_train_unet_number)
         n = imagen.num_unets
@@ -392,7 +390,7 @@ class ImagenTrainer:
         unet_number = self._unet_number(unet_number)
         batch = self._batch(args, kwargs)
         max_batch_size = max_batch_size or self.max_batch_size
-        _positive_int_or_none(max_batch_size, "max_batch_size")
+        check_positive_int(max_batch_size, "max_batch_size")
         chunks = self._accumulation(unet_number, _rows(batch["images"]), max_batch_size)
         self._prepare(unet_number, chunks)
         loss = self._run_chunks(self.imagen.train_on_batch, batch, chunks)
@@ -474,59 +472,6 @@ class ImagenTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def _as_dataset(self, dataset, argument):
-        import tensorflow as tf
-
-        if isinstance(dataset, dict):
-            dataset = tf.data.Dataset.from_tensor_slices(dataset)
-        if not isinstance(dataset, tf.data.Dataset):
-            raise ValueError(
-                f"`{argument}` must be a tf.data.Dataset of single examples or a dict of "
-                f"arrays (one row per example). Received: {type(dataset).__name__}"
-            )
-        spec = dataset.element_spec
-        names = self.dl_tuple_output_keywords_names
-        if isinstance(spec, tuple):
-            if len(spec) > len(names):
-                raise ValueError(
-                    f"The elements of `{argument}` are {len(spec)}-tuples, but "
-                    f"dl_tuple_output_keywords_names names {len(names)}: {names}."
-                )
-            dataset = dataset.map(lambda *parts: dict(zip(names, parts)))
-        elif not isinstance(spec, dict):
-            dataset = dataset.map(lambda image: {"images": image})
-        spec = dataset.element_spec
-        unknown = sorted(set(spec) - set(INPUT_KEYS))
-        if unknown or "images" not in spec:
-            raise ValueError(
-                f"The elements of `{argument}` need an 'images' key and may have "
-                f"{list(INPUT_KEYS)}. Received keys: {sorted(spec)}"
-            )
-        if spec["images"].shape.rank != 3:
-            raise ValueError(
-                f"`{argument}` must hold single examples (images of shape (H, W, C)); the "
-                f"trainer batches them. Received images of shape {spec['images'].shape}."
-            )
-        return dataset
-
-    def _batched(self, dataset, batch_size, options, shuffle_default):
-        import tensorflow as tf
-
-        unknown = sorted(set(options) - set(_DATASET_OPTIONS))
-        if unknown:
-            raise ValueError(f"Unknown dataset options {unknown}; known: {list(_DATASET_OPTIONS)}")
-        _positive_int_or_none(batch_size, "batch_size")
-        if batch_size is None:
-            raise ValueError("`batch_size` is required.")
-        if options.get("shuffle", shuffle_default):
-            dataset = dataset.shuffle(
-                options.get("shuffle_buffer_size", 10_000),
-                seed=self.split_random_seed,
-                reshuffle_each_iteration=True,
-            )
-        dataset = dataset.batch(batch_size, drop_remainder=options.get("drop_remainder", True))
-        return dataset.prefetch(tf.data.AUTOTUNE)
-
     def add_train_dataset(self, ds=None, *, batch_size, **dl_kwargs):
         """Train on `ds`: `train_step` reads its batches, `train` fits on it.
 
@@ -539,30 +484,15 @@ class ImagenTrainer:
             **dl_kwargs: `shuffle` (default `True`), `shuffle_buffer_size` (default
                 10000), `drop_remainder` (default `True`: every batch has the same size).
         """
-        import tensorflow as tf
-
         if self.train_dataset is not None:
             raise ValueError("A train dataset was already added.")
-        dataset = self._as_dataset(ds, "ds")
+        dataset = examples(ds, self.dl_tuple_output_keywords_names)
         if self.split_valid_from_train:
-            count = int(dataset.cardinality())
-            if count < 0:
-                raise ValueError(
-                    "split_valid_from_train needs a dataset of known size; this one's "
-                    "size is unknown (e.g. after `filter`)."
-                )
-            valid_count = int(round(count * self.split_valid_fraction))
-            if not 0 < valid_count < count:
-                raise ValueError(
-                    f"split_valid_fraction={self.split_valid_fraction} of {count} examples "
-                    "leaves an empty train or validation set."
-                )
-            chosen = np.random.default_rng(self.split_random_seed).permutation(count)
-            mask = np.zeros(count, bool)
-            mask[chosen[:valid_count]] = True
-            valid, dataset = _split(dataset, tf.constant(mask))
+            dataset, valid = split_valid(dataset, self.split_valid_fraction, self.split_random_seed)
             self.add_valid_dataset(valid, batch_size=batch_size)
-        self.train_dataset = self._batched(dataset, batch_size, dl_kwargs, True)
+        self.train_dataset = batched(
+            dataset, batch_size, dl_kwargs, shuffle=True, seed=self.split_random_seed
+        )
         self._train_batch_size = batch_size
         self._train_iter = None
 
@@ -570,26 +500,14 @@ class ImagenTrainer:
         """Validate on `ds` (see `add_train_dataset`; not shuffled by default)."""
         if self.valid_dataset is not None:
             raise ValueError("A valid dataset was already added.")
-        dataset = self._as_dataset(ds, "ds")
-        self.valid_dataset = self._batched(dataset, batch_size, dl_kwargs, False)
+        dataset = examples(ds, self.dl_tuple_output_keywords_names)
+        self.valid_dataset = batched(
+            dataset, batch_size, dl_kwargs, shuffle=False, seed=self.split_random_seed
+        )
         self._valid_batch_size = batch_size
         self._valid_iter = None
 
     # ------------------------------------------------------------------ fit
-
-    def _micro_batches(self, dataset, chunks):
-        import tensorflow as tf
-
-        if chunks == 1:
-            return dataset
-
-        def split(batch):
-            return {
-                k: tf.reshape(v, tf.concat([[chunks, -1], tf.shape(v)[1:]], 0))
-                for k, v in batch.items()
-            }
-
-        return dataset.map(split).unbatch()
 
     def train(
         self,
@@ -626,8 +544,8 @@ class ImagenTrainer:
             raise ValueError("No train dataset: call `add_train_dataset(ds, batch_size=...)`.")
         if steps is not None and epochs is not None:
             raise ValueError("Give `steps` or `epochs`, not both.")
-        _positive_int_or_none(steps, "steps")
-        _positive_int_or_none(epochs, "epochs")
+        check_positive_int(steps, "steps")
+        check_positive_int(epochs, "epochs")
         max_batch_size = max_batch_size or self.max_batch_size
         chunks = self._accumulation(unet_number, self._train_batch_size, max_batch_size)
         self._prepare(unet_number, chunks)
@@ -636,8 +554,8 @@ class ImagenTrainer:
             callbacks.append(CheckpointCallback(self.checkpoint_manager, self.checkpoint_every))
         validation = None
         if valid_every_epoch and self.valid_dataset is not None:
-            validation = self._micro_batches(self.valid_dataset, chunks)
-        dataset = self._micro_batches(self.train_dataset, chunks)
+            validation = micro_batches(self.valid_dataset, chunks)
+        dataset = micro_batches(self.train_dataset, chunks)
         if verbose is None:
             verbose = "auto" if self.verbose else 0
         if steps is not None:
@@ -671,7 +589,7 @@ class ImagenTrainer:
                 (same images: image `i` uses seed `seed + i` in every chunk).
             use_non_ema: bool, defaults to `False`.
         """
-        _positive_int_or_none(max_batch_size, "max_batch_size")
+        check_positive_int(max_batch_size, "max_batch_size")
         if args:
             kwargs["texts"] = args[0]
             if len(args) > 1:
@@ -745,24 +663,6 @@ class ImagenTrainer:
             raise ValueError("The trainer has no `checkpoint_path`.")
         path = self.checkpoint_manager.restore_latest(self.imagen)
         return path
-
-
-def _split(dataset, mask):
-    """The elements of `dataset` where `mask` (one bool per element) is True, and the rest."""
-    import tensorflow as tf
-
-    numbered = dataset.enumerate()
-
-    def first(index, element):
-        return tf.gather(mask, index)
-
-    def second(index, element):
-        return tf.logical_not(tf.gather(mask, index))
-
-    def drop_index(index, element):
-        return element
-
-    return numbered.filter(first).map(drop_index), numbered.filter(second).map(drop_index)
 
 
 def _concatenate(outputs):
