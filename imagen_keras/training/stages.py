@@ -31,7 +31,7 @@ class StageOptimizers:
     ```python
     stages = StageOptimizers(2)
     optimizer = stages.select(0)  # a new imagen_optimizer() for stage 1
-    assert stages.select(0) is optimizer  # kept for the next compile of stage 1
+    same = stages.select(0)  # the same optimizer: kept for the next compile of stage 1
     ```
     """
 
