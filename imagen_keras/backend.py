@@ -61,3 +61,15 @@ def is_concrete(x):
 
         return tf.executing_eagerly()
     return True
+
+
+def set_trainable(layer, value):
+    """`layer.trainable = value`, applied to its sublayers and variables on every backend.
+
+    On TensorFlow a layer is a `tf.Module`-style `AutoTrackable`, whose `__setattr__`
+    skips an assignment that does not change the attribute. A layer deserialized with
+    `trainable=False` creates its sublayers and variables trainable, so assigning `False`
+    again would leave them all trainable. Calling the property setter directly does not
+    take that shortcut.
+    """
+    keras.layers.Layer.trainable.fset(layer, bool(value))

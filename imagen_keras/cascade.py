@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from imagen_keras.backend import set_trainable
 from imagen_keras.cascade_inputs import (
     INPUT_KEYS,
     CascadeInputs,
@@ -243,7 +244,7 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
         self.unet_number = unet_number
         self.build()  # first: variables created under a frozen layer would stay trainable
         for index, unet in enumerate(self.unets):
-            unet.trainable = index == unet_number - 1
+            set_trainable(unet, index == unet_number - 1)
         if optimizer is not None:
             optimizer = keras.optimizers.get(optimizer)
             if _find_skipping_optimizer(optimizer) is None:

@@ -93,6 +93,10 @@ def test_keras_file_resumes_the_stage_exactly(tmp_path):
     uninterrupted = [float(model.train_on_batch(batch)) for _ in range(3)]
     restored = keras.saving.load_model(path)
     assert restored.optimizer is not None and restored.unet_number == 1
+    # Only the trained stage's weights are trainable (the frozen stage 2 was saved with
+    # trainable=False, which TensorFlow once left on its layer but not its variables).
+    trained = {id(v) for v in restored.unets[0].variables if v.trainable}
+    assert {id(v) for v in restored.trainable_variables} == trained
     assert int(to_numpy(restored.optimizer.iterations)) == 2
     resumed = [float(restored.train_on_batch(batch)) for _ in range(3)]
     np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-5)

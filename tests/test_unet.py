@@ -60,9 +60,12 @@ def test_cfg_scale_one_equals_conditional(name):
     x, time, kwargs = make_inputs(CONFIGS[name])
     cond = to_numpy(unet(x, time, **kwargs))
     # The doubled (conditional + null) batch of a compiled sampler, at a tensor scale of 1.
+    # self_cond changes every step, so it is the network's argument, not conditioning.
+    kwargs = dict(kwargs)
+    self_cond = kwargs.pop("self_cond", None)
     conditioning = prepare_conditioning(kwargs, x.shape[0], guided=True)
     net = guided_network(unet, conditioning, guided=True, cond_scale=ops.convert_to_tensor(1.0))
-    np.testing.assert_allclose(to_numpy(net(x, time)), cond, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(net(x, time, self_cond)), cond, atol=1e-5)
 
 
 @pytest.mark.parametrize("remove_parallel", [True, False])
