@@ -14,6 +14,7 @@ backends="jax tensorflow torch"
 declare -A pids starts
 run_one() {
   local backend=$1
+  shift
   local threads=""
   if [ "$backend" = torch ] && [ -z "${IMAGEN_TEST_SERIAL:-}" ]; then threads="OMP_NUM_THREADS=1"; fi
   env $threads KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider \
