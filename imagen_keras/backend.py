@@ -73,3 +73,14 @@ def set_trainable(layer, value):
     take that shortcut.
     """
     keras.layers.Layer.trainable.fset(layer, bool(value))
+
+
+def sync_training_state(model):
+    """Write the state of an interrupted `fit` back into `model`'s variables.
+
+    On JAX, `fit` keeps the training state outside the variables between callbacks;
+    after a `KeyboardInterrupt` in the middle of an epoch the variables would hold the
+    values of the last sync. Other backends update the variables in place.
+    """
+    if keras.backend.backend() == "jax" and getattr(model, "_jax_state", None) is not None:
+        model.jax_state_sync()

@@ -100,3 +100,7 @@ class NullUnet(keras.Model):
 
     def get_config(self):
         return super().get_config()
+
+
+# The presets by name, as recipes and configs refer to them.
+PRESETS = {"BaseUnet64": BaseUnet64, "SRUnet256": SRUnet256, "SRUnet1024": SRUnet1024}

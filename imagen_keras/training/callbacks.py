@@ -132,11 +132,12 @@ class SampleGrid(_EveryNSteps):
 
     Args:
         prompts: list of str (encoded by the cascade's T5), or `None` with
-            `text_embeds`.
+            `text_embeds` or (unconditional cascades) `num_images`.
         every_n_steps: int, defaults to `1000`. Total optimizer updates between grids.
         directory: str, defaults to `"samples"`. Local folder or URL.
         text_embeds: array `(n, tokens, dim)` or `None`; with `text_masks`.
         text_masks: array `(n, tokens)` or `None`.
+        num_images: int or `None`. Images of an unconditional cascade's grid.
         captions: list of str or `None` (the prompts, or `#i` with embeddings).
         seed: int, defaults to `0`.
         cond_scale: float, defaults to `1.0` (no guidance).
@@ -163,6 +164,7 @@ class SampleGrid(_EveryNSteps):
         *,
         text_embeds=None,
         text_masks=None,
+        num_images=None,
         captions=None,
         seed=0,
         cond_scale=1.0,
@@ -173,16 +175,24 @@ class SampleGrid(_EveryNSteps):
         **sample_kwargs,
     ):
         super().__init__(every_n_steps)
-        if (prompts is None) == (text_embeds is None):
+        given = [x is not None for x in (prompts, text_embeds, num_images)]
+        if sum(given) != 1:
             raise ValueError(
-                "Give exactly one of `prompts` (strings) and `text_embeds`. Received: "
-                f"prompts={prompts!r}, text_embeds of type {type(text_embeds).__name__}"
+                "Give exactly one of `prompts` (strings), `text_embeds` and `num_images` "
+                f"(unconditional). Received: prompts={prompts!r}, text_embeds of type "
+                f"{type(text_embeds).__name__}, num_images={num_images!r}"
+            )
+        if num_images is not None and (
+            isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1
+        ):
+            raise ValueError(
+                f"`num_images` must be a positive int. Received: num_images={num_images!r}"
             )
         if prompts is not None and (
             isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts)
         ):
             raise ValueError(f"`prompts` must be a list of str. Received: prompts={prompts!r}")
-        count = len(prompts) if prompts is not None else len(text_embeds)
+        count = num_images or (len(prompts) if prompts is not None else len(text_embeds))
         if captions is None:
             captions = list(prompts) if prompts is not None else [f"#{i}" for i in range(count)]
         if len(captions) != count:
@@ -195,6 +205,7 @@ class SampleGrid(_EveryNSteps):
         self.prompts = prompts
         self.text_embeds = text_embeds
         self.text_masks = text_masks
+        self.num_images = num_images
         self.captions = list(captions)
         self.directory = os.fspath(directory)
         self.seed = int(seed)
@@ -217,6 +228,7 @@ class SampleGrid(_EveryNSteps):
             texts=self.prompts,
             text_embeds=self.text_embeds,
             text_masks=self.text_masks,
+            **({"batch_size": self.num_images} if self.num_images else {}),
             cond_scale=self.cond_scale,
             seed=self.seed,
             use_non_ema=not self.use_ema,
