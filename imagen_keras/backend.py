@@ -84,3 +84,48 @@ def sync_training_state(model):
     """
     if keras.backend.backend() == "jax" and getattr(model, "_jax_state", None) is not None:
         model.jax_state_sync()
+
+
+def tf_apply_in_replica_context(optimizer, grads, trainable_variables=None):
+    """`SkipNonFiniteOptimizer.apply` on TensorFlow, as `LossScaleOptimizer._tf_apply`.
+
+    Under a tf.distribute strategy without merge-call-free support the finite check and
+    its `cond` must run in a cross-replica context: the gradients are all-reduced, so
+    every replica agrees, and the first replica's answer decides for all.
+    """
+    import tensorflow as tf
+
+    if tf.distribute.in_cross_replica_context():
+        raise ValueError("apply() must be called in a replica context.")
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        optimizer._common_apply(grads, trainable_variables)
+        return
+
+    def handle_cross_replica(distribution, grads, trainable_variables):
+        finite_per_replica = distribution.extended.call_for_each_replica(
+            optimizer.check_finite, args=(grads,)
+        )
+        finite = distribution.experimental_local_results(finite_per_replica)[0]
+
+        def apply_fn():
+            distribution.extended.call_for_each_replica(
+                optimizer._apply_finite, args=(grads, trainable_variables)
+            )
+
+        keras.ops.cond(finite, apply_fn, optimizer._count_non_finite)
+
+    tf.distribute.get_replica_context().merge_call(
+        handle_cross_replica, args=(grads, trainable_variables)
+    )
+
+
+def gfile():
+    """TensorFlow's `tf.io.gfile`, which reads and writes URLs (gs://, s3://, ...)."""
+    try:
+        import tensorflow as tf
+    except ImportError as err:  # pragma: no cover - TF is a dependency of keras-hub
+        raise ImportError(
+            "Reading or writing a URL (gs://, s3://, ...) needs TensorFlow's tf.io.gfile; "
+            "`pip install tensorflow`."
+        ) from err
+    return tf.io.gfile

@@ -34,6 +34,8 @@ import tempfile
 import zipfile
 import zlib
 
+from imagen_keras.backend import gfile as _gfile
+
 # Multi-part suffixes that a writer (Keras, numpy) insists on.
 _SUFFIXES = (".weights.h5", ".weights.json", ".tar.gz")
 _TEXT_MODES = ("w", "wt")
@@ -43,17 +45,6 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 def _is_remote(path):
     return bool(_SCHEME.match(path))
-
-
-def _gfile():
-    try:
-        import tensorflow as tf
-    except ImportError as err:  # pragma: no cover - TF is a dependency of keras-hub
-        raise ImportError(
-            "Writing to a URL (gs://, s3://, ...) needs TensorFlow's tf.io.gfile; "
-            "`pip install tensorflow`."
-        ) from err
-    return tf.io.gfile
 
 
 def _suffix(name):

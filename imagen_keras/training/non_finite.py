@@ -15,6 +15,8 @@ import warnings
 import keras
 from keras import ops
 
+from imagen_keras.backend import tf_apply_in_replica_context
+
 
 def _check_max_consecutive(value):
     if value is not None and (
@@ -153,33 +155,7 @@ class SkipNonFiniteOptimizer(keras.optimizers.Optimizer):
         )
 
     def _tf_apply(self, grads, trainable_variables=None):
-        # As LossScaleOptimizer._tf_apply: under a tf.distribute strategy without
-        # merge-call-free support, the cond must run in a cross-replica context.
-        import tensorflow as tf
-
-        if tf.distribute.in_cross_replica_context():
-            raise ValueError("apply() must be called in a replica context.")
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            self._common_apply(grads, trainable_variables)
-            return
-
-        def handle_cross_replica(distribution, grads, trainable_variables):
-            finite_per_replica = distribution.extended.call_for_each_replica(
-                self.check_finite, args=(grads,)
-            )
-            # Gradients are all-reduced, so every replica agrees; take the first.
-            finite = distribution.experimental_local_results(finite_per_replica)[0]
-
-            def apply_fn():
-                distribution.extended.call_for_each_replica(
-                    self._apply_finite, args=(grads, trainable_variables)
-                )
-
-            ops.cond(finite, apply_fn, self._count_non_finite)
-
-        tf.distribute.get_replica_context().merge_call(
-            handle_cross_replica, args=(grads, trainable_variables)
-        )
+        tf_apply_in_replica_context(self, grads, trainable_variables)
 
     # ------------------------------------------------------------- delegation
 
