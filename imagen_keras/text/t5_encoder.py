@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -290,7 +291,11 @@ class T5Encoder(keras.Model):
             token_ids[row, : len(t)] = t
             mask[row, : len(t)] = True
         if ids:
-            outputs = self({"token_ids": token_ids, "padding_mask": mask.astype("int32")})
+            with warnings.catch_warnings():
+                # keras-hub's T5 attention ignores Keras masks (it reads padding_mask):
+                # Keras' "does not support masking" warning says nothing wrong here.
+                warnings.filterwarnings("ignore", message=".*does not support masking")
+                outputs = self({"token_ids": token_ids, "padding_mask": mask.astype("int32")})
             embeds = ops.convert_to_numpy(ops.cast(outputs, "float32"))
         else:
             embeds = np.zeros((0, length, self.hidden_dim), dtype="float32")
