@@ -234,7 +234,10 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
         "interrupted": interrupted,
     }
     if not interrupted:
-        path = grid.write(cascade, sum(trainer.steps))
+        total = sum(trainer.steps)
+        # The callback may have drawn this very step already.
+        path = grid.paths[-1] if grid.paths and grid._last == total else None
+        path = path or grid.write(cascade, total)
         if path is not None:
             final = os.path.join(output_dir, runs.FINAL_GRID)
             shutil.copyfile(path, final)
