@@ -78,11 +78,14 @@ def test_recipe_run_then_imagen_writes_the_prompt_png(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["a_red_digit_one_0.png", "a_red_digit_one_1.png"]
     second = np.asarray(Image.open(out / "a_red_digit_one_1.png"))
     assert second.shape == (8, 8, 3)
-    # Image i uses seed + i whatever --num-images is: --seed 1 alone gives image 1.
+    # Image i uses seed + i whatever --num-images is: --seed 1 alone gives image 1 (the
+    # same noise bits; kernels that block by batch size may round a pixel differently).
     assert cli.main(args + ["--steps", "3", "--seed", "1"]) == 0
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_red_digit_one.png")), second)
-    first = np.asarray(Image.open(out / "a_red_digit_one_0.png"))
-    assert np.abs(first.astype(int) - second.astype(int)).max() > 0
+    alone = np.asarray(Image.open(out / "a_red_digit_one.png")).astype(int)
+    first = np.asarray(Image.open(out / "a_red_digit_one_0.png")).astype(int)
+    same = np.abs(alone - second.astype(int))
+    assert np.median(same) <= 1 and same.mean() < 2, same
+    assert np.abs(first - second.astype(int)).mean() > 10 * max(same.mean(), 0.5)
 
     # The same training command again: nothing left to train, same checkpoint.
     again = run(recipe, output_dir=folder)
