@@ -204,7 +204,10 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
                 f"(batch {train['batch_size']}, backend {keras.backend.backend()}), "
                 f"run folder {output_dir}"
             )
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:  # SIGTERM (e.g. a scheduler stopping the job) stops as Ctrl-C does
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        except ValueError:  # not the main thread: leave signals alone
+            previous = None
         try:
             trainer.train(
                 unet_number=unet,
@@ -216,7 +219,8 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
             interrupted = True
             sync_training_state(cascade)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     elif verbose:
         print(f"Unet {unet} already has {done} of {train['steps']} steps: nothing to train.")
     steps = trainer.num_steps_taken(unet)
