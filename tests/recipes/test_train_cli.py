@@ -121,11 +121,19 @@ def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path):
     command += ["--output", str(folder)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     checkpoints = folder / "checkpoints"
+    # A background job of a non-interactive shell (how CI starts the suite) inherits
+    # SIGINT ignored, and Python then installs no Ctrl-C handler: give the child the
+    # default disposition, as a process started from a terminal has.
+    start = dict(
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
     # Ctrl-C: a checkpoint of the step reached, exit code 130.
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = subprocess.Popen(command, **start)
     _wait_for(checkpoints / "checkpoint.2.zip", process, timeout=600)
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=300)
@@ -135,9 +143,7 @@ def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path):
     assert interrupted_at >= 2
 
     # The same command resumes from there; a SIGKILL (a crash) loses only unsaved steps.
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = subprocess.Popen(command, **start)
     target = interrupted_at + (2 if interrupted_at % 2 == 0 else 1)
     _wait_for(checkpoints / f"checkpoint.{target}.zip", process, timeout=600)
     process.kill()
