@@ -114,7 +114,18 @@ def _wait_for(path, process, timeout):
         time.sleep(0.2)
 
 
-def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path):
+@pytest.fixture
+def processes():
+    """Popen objects killed at the end of the test, whatever happened."""
+    started = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+
+
+def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path, processes):
     recipe = write_recipe(tmp_path, steps=100000, sample_every=None)
     folder = tmp_path / "run"
     command = [sys.executable, "-m", "imagen_keras.recipes.train", "--config", recipe]
@@ -134,6 +145,7 @@ def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path):
 
     # Ctrl-C: a checkpoint of the step reached, exit code 130.
     process = subprocess.Popen(command, **start)
+    processes.append(process)
     _wait_for(checkpoints / "checkpoint.2.zip", process, timeout=600)
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=300)
@@ -144,6 +156,7 @@ def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path):
 
     # The same command resumes from there; a SIGKILL (a crash) loses only unsaved steps.
     process = subprocess.Popen(command, **start)
+    processes.append(process)
     target = interrupted_at + (2 if interrupted_at % 2 == 0 else 1)
     _wait_for(checkpoints / f"checkpoint.{target}.zip", process, timeout=600)
     process.kill()
