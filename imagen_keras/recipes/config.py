@@ -195,9 +195,7 @@ class ImagenConfig:
     def __init__(self, unets, image_sizes, where="model", **kwargs):
         self.where = where
         model_class = self._model_class()
-        check_arguments(
-            kwargs, model_class.__init__, where, skip=("unets", "image_sizes", "seed"), extra={}
-        )
+        check_arguments(kwargs, model_class.__init__, where, skip=("unets", "image_sizes", "seed"))
         if not isinstance(unets, (list, tuple)) or not unets:
             raise ConfigError(
                 f"`{where}.unets` must be a non-empty list of unet mappings. "
@@ -412,9 +410,10 @@ def text_encoder_section(section, where="text_encoder"):
     tiny = _mapping(section["tiny"] or {}, f"{where}.tiny")
     check_keys(tiny, TINY_TEXT_ENCODER, f"{where}.tiny")
     for key, value in tiny.items():
-        _positive_int(value, f"{where}.tiny.{key}") if key != "seed" else check_value(
-            value, 0, f"{where}.tiny.seed"
-        )
+        if key == "seed":
+            check_value(value, 0, f"{where}.tiny.seed")
+        else:
+            _positive_int(value, f"{where}.tiny.{key}")
     return {"tiny": dict(TINY_TEXT_ENCODER, **tiny)}
 
 
