@@ -146,7 +146,9 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
         # One optimizer (Adam + EMA + skip counters) per unet, kept across compile calls.
         self.stage_optimizers = StageOptimizers(n)
         self.unet_number = only_train_unet_number or (1 if n == 1 else None)
-        self._stage_fns = {}  # compiled sampling stages, see generation.stage
+        # Compiled sampling stages (see generation.stage): a plain dict that TF does not
+        # track, so exporting or checkpointing a model that has sampled still works.
+        object.__setattr__(self, "_stage_fns", {})
         self._generation_traces = 0  # how often a stage function was traced
         object.__setattr__(self, "_text_encoder", None)
 

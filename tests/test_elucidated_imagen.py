@@ -50,9 +50,7 @@ def test_samples_follow_the_text():
     imagen, _ = trained_elucidated_cascade()
     _, embeds = colour_data(8, seed=5)
     samples = to_numpy(
-        imagen.sample(
-            text_embeds=embeds, stop_at_unet_number=1, seed=0, cond_scale=3.0, verbose=0
-        )
+        imagen.sample(text_embeds=embeds, stop_at_unet_number=1, seed=0, cond_scale=3.0, verbose=0)
     )
     redness = samples[..., 0].mean(axis=(1, 2)) - samples[..., 2].mean(axis=(1, 2))
     red_text, blue_text = redness[0::2], redness[1::2]

@@ -5,6 +5,7 @@ imagen --model runs/demo "a red digit seven"        generate (same as `imagen sa
 imagen train --config demo.yaml [--unet N] [k=v]    train from a recipe (resumes)
 imagen config [base] [--path imagen_config.yaml]    write a starter recipe
 imagen config --list                                the shipped recipes
+imagen export --model runs/demo --output DIR        a TF SavedModel for TF Serving
 ```
 """
 
@@ -15,7 +16,7 @@ import sys
 
 from imagen_keras.recipes.config import available_recipes, find_recipe
 
-COMMANDS = ("train", "sample", "config")
+COMMANDS = ("train", "sample", "config", "export")
 
 
 def _config(argv):
@@ -55,6 +56,10 @@ def main(argv=None):
         return train_from_args(parser.parse_args(argv[1:]))
     if argv and argv[0] == "config":
         return _config(argv[1:])
+    if argv and argv[0] == "export":
+        from imagen_keras.recipes.export import build_parser, export_from_args
+
+        return export_from_args(build_parser(prog="imagen export").parse_args(argv[1:]), argv[1:])
     from imagen_keras.recipes.sample import add_sample_arguments, sample_from_args
 
     if argv and argv[0] == "sample":
@@ -62,7 +67,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="imagen",
         description="Generate images from a trained cascade. Other commands: "
-        "`imagen train --config FILE`, `imagen config [NAME]`.",
+        "`imagen train --config FILE`, `imagen config [NAME]`, `imagen export`.",
     )
     add_sample_arguments(parser)
     return sample_from_args(parser.parse_args(argv))

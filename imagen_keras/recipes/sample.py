@@ -43,7 +43,7 @@ def _fail(message):
     return 2
 
 
-def _last_trained_stage(checkpoint):
+def last_trained_stage(checkpoint):
     from imagen_keras.training.checkpoint import checkpoint_metadata
 
     steps = checkpoint_metadata(checkpoint).get("num_steps_taken") or []
@@ -61,7 +61,7 @@ def generate(args):
         raise ValueError("Give at least one prompt: this model is text-conditioned.")
     if not cascade.condition_on_text and prompts:
         raise ValueError(f"This model is unconditional: it takes no prompt. Received: {prompts!r}")
-    stop = args.unet or _last_trained_stage(checkpoint) or cascade.num_unets
+    stop = args.unet or last_trained_stage(checkpoint) or cascade.num_unets
     options = {}
     if args.sampler is not None:
         options["sampler"] = args.sampler

@@ -25,9 +25,19 @@ run_bench = _load_driver()
 
 
 def args(**kw):
-    base = dict(threads=2, jit="auto", warmup_steps=2, min_steps=6, max_steps=40, budget_s=120.0,
-                sample_reps=2, sample_steps=None, pin=True, ref_python="/ref/python",
-                keras_pythonpath=None)
+    base = dict(
+        threads=2,
+        jit="auto",
+        warmup_steps=2,
+        min_steps=6,
+        max_steps=40,
+        budget_s=120.0,
+        sample_reps=2,
+        sample_steps=None,
+        pin=True,
+        ref_python="/ref/python",
+        keras_pythonpath=None,
+    )
     return argparse.Namespace(**dict(base, **kw))
 
 
@@ -45,8 +55,9 @@ class ThreadSettingsTest(unittest.TestCase):
             self.assertEqual(cmd[cmd.index("--cpus") + 1].count(","), 0)
         many = run_bench.worker_cmd(args(threads=os.cpu_count() or 1), "jax", "tiny64", 4, 1)
         self.assertNotIn("--cpus", many)
-        self.assertNotIn("--cpus", run_bench.worker_cmd(args(threads=1, pin=False), "jax",
-                                                       "tiny64", 4, 1))
+        self.assertNotIn(
+            "--cpus", run_bench.worker_cmd(args(threads=1, pin=False), "jax", "tiny64", 4, 1)
+        )
 
     def test_reference_runs_in_its_own_python(self):
         cmd = run_bench.worker_cmd(args(), "reference", "tiny64", 32, 2)

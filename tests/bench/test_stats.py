@@ -23,16 +23,29 @@ stats = _load("stats")
 
 
 def record(impl, rnd, train, sample=None, threads=2, load=0.2, other_cores=0.0):
-    phase_load = dict(loadavg_before=[load, load, load], loadavg1_max=load,
-                      other_cores=other_cores, steal_per_s=0.0, max_threads=4)
+    phase_load = dict(
+        loadavg_before=[load, load, load],
+        loadavg1_max=load,
+        other_cores=other_cores,
+        steal_per_s=0.0,
+        max_threads=4,
+    )
     return dict(
-        kind="measurement", impl=impl, config="tiny64", batch=4, threads=threads, round=rnd,
-        loadavg_launch=load, threads_after_warmup=4, peak_rss_mb=1000.0,
+        kind="measurement",
+        impl=impl,
+        config="tiny64",
+        batch=4,
+        threads=threads,
+        round=rnd,
+        loadavg_launch=load,
+        threads_after_warmup=4,
+        peak_rss_mb=1000.0,
         train_warmup=[dict(wall_s=10.0, cpu_s=10.0)],
         train=dict(wall_s=train, cpu_s=train, load=phase_load),
         sample_warmup=dict(wall_s=5.0, cpu_s=5.0),
-        sample=dict(wall_s_per_step=sample or train, cpu_s_per_step=sample or train,
-                    load=phase_load),
+        sample=dict(
+            wall_s_per_step=sample or train, cpu_s_per_step=sample or train, load=phase_load
+        ),
     )
 
 
@@ -78,14 +91,19 @@ class CompareTest(unittest.TestCase):
         a2 = stats.describe([[1.0], [1.0]])
         b2 = stats.describe([[2.0], [2.0]])
         self.assertEqual(stats.compare(a2, b2)["kind"], "faster")
-        self.assertEqual(stats.compare(a2, b2, busy=True)["text"],
-                         "no conclusion: machine not quiet")
+        self.assertEqual(
+            stats.compare(a2, b2, busy=True)["text"], "no conclusion: machine not quiet"
+        )
 
 
 class ReportTest(unittest.TestCase):
     def test_overlap_report_states_no_conclusion(self):
-        recs = [record(REF, 1, [2.0, 2.1, 2.2]), record(JAX, 1, [1.0, 1.1, 2.3]),
-                record(REF, 2, [2.0, 2.1, 2.2]), record(JAX, 2, [2.1, 2.2, 2.4])]
+        recs = [
+            record(REF, 1, [2.0, 2.1, 2.2]),
+            record(JAX, 1, [1.0, 1.1, 2.3]),
+            record(REF, 2, [2.0, 2.1, 2.2]),
+            record(JAX, 2, [2.1, 2.2, 2.4]),
+        ]
         md = stats.report(recs, dict(date="today"))
         self.assertIn("no conclusion: intervals overlap", md)
         self.assertIn("None: no comparison separated cleanly", md)
@@ -93,16 +111,24 @@ class ReportTest(unittest.TestCase):
         self.assertNotIn("x**", md)
 
     def test_separated_quiet_report_gives_ratio_and_conclusion(self):
-        recs = [record(REF, 1, [2.0, 2.1, 2.2]), record(JAX, 1, [1.0, 1.0, 1.1]),
-                record(REF, 2, [2.0, 2.1, 2.2]), record(JAX, 2, [1.0, 1.1, 1.1])]
+        recs = [
+            record(REF, 1, [2.0, 2.1, 2.2]),
+            record(JAX, 1, [1.0, 1.0, 1.1]),
+            record(REF, 2, [2.0, 2.1, 2.2]),
+            record(JAX, 2, [1.0, 1.1, 1.1]),
+        ]
         md = stats.report(recs)
         self.assertIn("**0.50x** (faster)", md)
         self.assertIn("keras/jax faster than imagen-pytorch", md)
         self.assertNotIn("WARNING", md)
 
     def test_busy_machine_warns_and_draws_nothing(self):
-        recs = [record(REF, 1, [2.0, 2.1, 2.2]), record(JAX, 1, [1.0, 1.0, 1.1], load=4.0),
-                record(REF, 2, [2.0, 2.1, 2.2]), record(JAX, 2, [1.0, 1.1, 1.1])]
+        recs = [
+            record(REF, 1, [2.0, 2.1, 2.2]),
+            record(JAX, 1, [1.0, 1.0, 1.1], load=4.0),
+            record(REF, 2, [2.0, 2.1, 2.2]),
+            record(JAX, 2, [1.0, 1.1, 1.1]),
+        ]
         md = stats.report(recs)
         self.assertIn("WARNING", md)
         self.assertIn("⚠ busy", md)
@@ -111,19 +137,31 @@ class ReportTest(unittest.TestCase):
 
     def test_busy_reasons(self):
         self.assertEqual(stats.busy_reasons(record(REF, 1, [1.0], load=2.4)), [])
-        self.assertIn("load average 2.60 > 2.5",
-                      stats.busy_reasons(record(REF, 1, [1.0], load=2.6))[0])
+        self.assertIn(
+            "load average 2.60 > 2.5", stats.busy_reasons(record(REF, 1, [1.0], load=2.6))[0]
+        )
         self.assertTrue(stats.busy_reasons(record(REF, 1, [1.0], threads=1, load=1.6)))
         other = stats.busy_reasons(record(REF, 1, [1.0], other_cores=0.8))
-        self.assertEqual(other, ["cores used by other processes 0.80 > 0.3 (train)",
-                                 "cores used by other processes 0.80 > 0.3 (sample)"])
+        self.assertEqual(
+            other,
+            [
+                "cores used by other processes 0.80 > 0.3 (train)",
+                "cores used by other processes 0.80 > 0.3 (sample)",
+            ],
+        )
 
 
 class NoBackendImportTest(unittest.TestCase):
     def test_bench_helpers_import_no_framework(self):
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); import stats, measure, configs; "
-                "bad = [m for m in ('keras', 'numpy', 'jax', 'tensorflow', 'torch') "
-                "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
-        proc = subprocess.run([sys.executable, "-S", "-c", code, str(BENCH)],
-                              capture_output=True, text=True, timeout=30)
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); import stats, measure, configs; "
+            "bad = [m for m in ('keras', 'numpy', 'jax', 'tensorflow', 'torch') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-S", "-c", code, str(BENCH)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
