@@ -248,7 +248,18 @@ def export_saved_model(
 
     @tf.function(input_signature=specs)
     def serve(*args):
-        images = images_fn(*args)["images"]
+        tensors = dict(zip(names, args))
+        checks = [  # a clear error for a request whose rows disagree, before sampling
+            tf.debugging.assert_equal(
+                tf.shape(tensors[name])[0],
+                tf.shape(tensors["seed"])[0],
+                message=f"`seed` must have one entry per row of `{name}`",
+            )
+            for name in ("text_embeds", "text_masks")
+            if name in tensors
+        ]
+        with tf.control_dependencies(checks):
+            images = images_fn(*args)["images"]
         return {"images": images, "png_bytes": _encode_png(images)}
 
     serve.get_concrete_function()

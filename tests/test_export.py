@@ -214,6 +214,19 @@ def test_exported_cascade_serves_the_in_process_samples(text_cascade, tmp_path):
     assert pixels.shape == (3, SIZES[-1], SIZES[-1], 3)
     assert np.abs(pixels - np.round(a * 255)).max() <= 1
 
+    # A request whose rows disagree gets an error that names the inputs.
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one entry per row of `text_embeds`"):
+        serve(
+            text_embeds=tf.constant(embeds),
+            text_masks=tf.constant(masks),
+            seed=tf.constant([1, 2]),
+            cond_scale=tf.constant(3.0),
+            num_steps=tf.constant(0),
+        )
+
     ops, must_compile = graph_ops(path)
     assert not must_compile
     if BACKEND == "tensorflow":

@@ -24,6 +24,7 @@ import sys
 import time
 
 from imagen_keras.recipes import runs
+from imagen_keras.recipes.sample import fail, last_trained_stage
 
 
 def add_export_arguments(parser):
@@ -68,7 +69,6 @@ def _sampler_options(args, checkpoint, cascade):
 def export(args):
     """Export `args.model` to `args.output` (see `add_export_arguments`); returns the path."""
     from imagen_keras.export import export_saved_model
-    from imagen_keras.recipes.sample import last_trained_stage
 
     start = time.monotonic()
     cascade, checkpoint = runs.load_trained_cascade(args.model, use_ema=not args.no_ema)
@@ -100,8 +100,7 @@ def export_from_args(args, argv):
     try:
         export(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+        return fail(" ".join(str(err).split()))
     return 0
 
 

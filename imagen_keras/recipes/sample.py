@@ -38,7 +38,8 @@ def add_sample_arguments(parser):
     parser.add_argument("--no-ema", action="store_true", help="use the online weights, not EMA")
 
 
-def _fail(message):
+def fail(message):
+    """Print `message` as the command's one error line; returns the exit code 2."""
     print(f"error: {message}", file=sys.stderr)
     return 2
 
@@ -97,7 +98,7 @@ def sample_from_args(args):
     try:
         generate(args)
     except (ValueError, FileNotFoundError) as err:
-        return _fail(" ".join(str(err).split()))
+        return fail(" ".join(str(err).split()))
     return 0
 
 
