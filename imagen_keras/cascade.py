@@ -31,6 +31,7 @@ from imagen_keras.training.non_finite import (
     SkipNonFiniteOptimizer,
     _find_skipping_optimizer,
 )
+from imagen_keras.training.precision import loss_scaled
 from imagen_keras.training.stages import StageOptimizers
 
 
@@ -217,6 +218,9 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
         The other unets are frozen. Each stage keeps its own optimizer, as in
         imagen-pytorch: compiling a stage again without `optimizer` continues with its
         optimizer state and EMA weights (compiling stage 2 never touches stage 1's).
+        A stage whose unet computes in float16 (dtype policy `"mixed_float16"`, see
+        `imagen_keras.training.set_precision`) gets its optimizer wrapped in a
+        `keras.optimizers.LossScaleOptimizer`.
         `optimizer=None` gives a new stage `imagen_keras.training.imagen_optimizer()`
         (Adam with imagen-pytorch's defaults and its EMA warm-up); any other optimizer
         replaces the stage's. Every optimizer is wrapped in a `SkipNonFiniteOptimizer`:
@@ -247,11 +251,26 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
         self.build()  # first: variables created under a frozen layer would stay trainable
         for index, unet in enumerate(self.unets):
             set_trainable(unet, index == unet_number - 1)
+        scaling = {}
         if optimizer is not None:
             optimizer = keras.optimizers.get(optimizer)
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                # Re-wrapped below, outside the non-finite guard (which would otherwise
+                # skip the overflowing steps the scaler must see to lower its scale).
+                scaling = dict(
+                    initial_scale=optimizer.initial_scale,
+                    dynamic_growth_steps=optimizer.dynamic_growth_steps,
+                )
+                optimizer = optimizer.inner_optimizer
             if _find_skipping_optimizer(optimizer) is None:
                 optimizer = SkipNonFiniteOptimizer(optimizer)
+            if scaling:
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer, **scaling)
         optimizer = self.stage_optimizers.select(unet_number - 1, optimizer)
+        # float16 compute needs loss scaling; the scaler is kept with the stage.
+        policy = self.unets[unet_number - 1].dtype_policy.name
+        optimizer = loss_scaled(optimizer, policy)
+        self.stage_optimizers.optimizers[unet_number - 1] = optimizer
         super().compile(optimizer=optimizer, loss=loss or PassThroughLoss(), **kwargs)
 
     def get_compile_config(self):

@@ -681,7 +681,7 @@ class Unet(keras.Model):
     ):
         dtype = self.compute_dtype
         x = ops.cast(x, dtype)
-        time = ops.cast(time, dtype)
+        time = ops.cast(time, "float32")  # the time embedding computes in float32
         batch = ops.shape(x)[0]
 
         parts = [x]
@@ -706,7 +706,7 @@ class Unet(keras.Model):
         )
         t = self.to_time_cond(time_hiddens)
         if self.lowres_cond:
-            lowres_noise_times = ops.cast(lowres_noise_times, dtype)
+            lowres_noise_times = ops.cast(lowres_noise_times, "float32")
             lowres_hiddens = ops.silu(
                 self.to_lowres_time_hiddens(self.lowres_time_sinu(lowres_noise_times))
             )
@@ -752,7 +752,9 @@ class Unet(keras.Model):
             x = self.final_res_block(x, t)
         if lowres_cond_img is not None:
             x = ops.concatenate([x, lowres_cond_img], axis=-1)
-        return self.final_conv(x)
+        # The prediction is float32 under every dtype policy: the diffusion maths
+        # (loss, sampler, guidance) around the unet stays in float32.
+        return ops.cast(self.final_conv(x), "float32")
 
     def _text_conditioning(self, text_embeds, text_mask, keep):
         """Project, pad/truncate to `max_text_len`, swap in null tokens, pool."""

@@ -46,9 +46,14 @@ def conv2d(filters, kernel_size, *, strides=1, use_bias=True, name=None, dtype=N
 
 
 def l2norm(x, axis=-1, eps=1e-12):
-    """`torch.nn.functional.normalize`: x / max(||x||, eps)."""
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
-    return x / ops.maximum(norm, ops.cast(eps, x.dtype))
+    """`torch.nn.functional.normalize`: x / max(||x||, eps), computed in float32.
+
+    In float16 the sum of squares overflows past 256 and `eps` rounds to 0 (NaN
+    gradients); torch's autocast runs `normalize` in float32 too.
+    """
+    x32 = ops.cast(x, "float32")
+    norm = ops.sqrt(ops.sum(ops.square(x32), axis=axis, keepdims=True))
+    return ops.cast(x32 / ops.maximum(norm, eps), x.dtype)
 
 
 def cast_tuple(value, length, name):

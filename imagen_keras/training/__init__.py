@@ -22,6 +22,7 @@ from imagen_keras.training.non_finite import (
     SkipNonFiniteOptimizer,
 )
 from imagen_keras.training.optimizers import ImagenAdam, imagen_optimizer
+from imagen_keras.training.precision import precision_policy, set_precision
 from imagen_keras.training.schedules import WarmupCosineDecay
 from imagen_keras.training.stages import StageOptimizers
 from imagen_keras.training.trainer import ImagenTrainer
@@ -47,6 +48,8 @@ __all__ = [
     "load_checkpoint",
     "load_imagen_from_checkpoint",
     "make_grid",
+    "precision_policy",
     "save_checkpoint",
+    "set_precision",
     "total_steps",
 ]

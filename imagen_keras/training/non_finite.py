@@ -104,8 +104,10 @@ class SkipNonFiniteOptimizer(keras.optimizers.Optimizer):
                 f"To call `stateless_apply`, {self.__class__.__name__} must be built: "
                 "call `optimizer.build(trainable_variables)` first."
             )
-        own = list(optimizer_variables[: len(self._variables)])
-        inner = list(optimizer_variables[len(self._variables) :])
+        # A LossScaleOptimizer around this one passes the variables themselves, read
+        # inside its StatelessScope: take their values.
+        values = [v.value if isinstance(v, keras.Variable) else v for v in optimizer_variables]
+        own, inner = values[: len(self._variables)], values[len(self._variables) :]
 
         def own_after(count):
             with keras.StatelessScope(state_mapping=list(zip(self._variables, own))) as scope:

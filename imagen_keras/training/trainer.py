@@ -34,6 +34,7 @@ from imagen_keras.training.checkpoint import (
 from imagen_keras.training.checkpoint_manager import CheckpointManager
 from imagen_keras.training.ema import _unwrap
 from imagen_keras.training.optimizers import imagen_optimizer
+from imagen_keras.training.precision import precision_policy, set_precision
 from imagen_keras.training.trainer_data import (
     INPUT_KEYS,
     batched,
@@ -87,8 +88,12 @@ class ImagenTrainer:
         warmup_steps: int, one per unet, or `None`. Linear learning-rate warmup.
         cosine_decay_max_steps: int, one per unet, or `None`. Cosine decay to 0.
         only_train_unet_number: int or `None`. The only unet this trainer trains.
-        fp16, precision: only `False`/`None`: set mixed precision on the model
-            (Keras dtype policy) when you build it.
+        fp16: bool, defaults to `False`. `True` is `precision="fp16"`.
+        precision: str or `None`. Mixed precision: `"bf16"` (`"mixed_bfloat16"`) or
+            `"fp16"` (`"mixed_float16"`, with dynamic loss scaling), or `"no"` for
+            float32. Switches every layer of `imagen` to that Keras dtype policy
+            (`imagen_keras.training.set_precision`); weights stay float32. `None`
+            (default) keeps the policy the model was built with.
         split_batches: only `True`: the batch given is always the global batch.
         dl_tuple_output_keywords_names: names of the parts of tuple dataset elements,
             defaults to `("images", "text_embeds", "text_masks", "cond_images")`.
@@ -166,12 +171,15 @@ class ImagenTrainer:
             raise ValueError(
                 f"`imagen` must be an `Imagen` or `ElucidatedImagen`. Received: imagen={imagen!r}"
             )
-        if fp16 or precision is not None:
-            raise ValueError(
-                "Mixed precision is a property of the model in Keras: build it under "
-                "`keras.config.set_dtype_policy('mixed_bfloat16')` (or pass `dtype=`). "
-                f"Received: fp16={fp16!r}, precision={precision!r}"
-            )
+        if fp16:
+            if precision is not None and precision_policy(precision) != "mixed_float16":
+                raise ValueError(
+                    "`fp16=True` asks for float16; `precision` asks for another. "
+                    f"Received: fp16={fp16!r}, precision={precision!r}"
+                )
+            precision = "fp16"
+        if precision is not None:
+            set_precision(imagen, precision)
         if not split_batches:
             raise ValueError(
                 "The batch given to the trainer is always the global batch (split over "

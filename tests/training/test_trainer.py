@@ -108,8 +108,8 @@ def test_errors():
     imagen = small_cascade()
     with pytest.raises(ValueError, match="exactly one of `imagen` and `imagen_checkpoint_path`"):
         ImagenTrainer()
-    with pytest.raises(ValueError, match="Mixed precision"):
-        ImagenTrainer(imagen, fp16=True)
+    with pytest.raises(ValueError, match="`precision` must be one of .*precision='fp8'"):
+        ImagenTrainer(imagen, precision="fp8")
     with pytest.raises(ValueError, match="tf.io.gfile"):
         ImagenTrainer(imagen, checkpoint_fs=object())
     with pytest.raises(ValueError, match="lr"):
