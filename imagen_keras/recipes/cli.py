@@ -49,11 +49,14 @@ def _config(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
-        from imagen_keras.recipes.train import add_train_arguments, train_from_args
+        from imagen_keras.recipes.train import add_train_arguments, exit_process, train_from_args
 
         parser = argparse.ArgumentParser(prog="imagen train", description="Train from a recipe.")
         add_train_arguments(parser)
-        return train_from_args(parser.parse_args(argv[1:]))
+        code = train_from_args(parser.parse_args(argv[1:]))
+        if code == 130:
+            exit_process(code)  # interrupted, checkpoint saved: exit without teardown
+        return code
     if argv and argv[0] == "config":
         return _config(argv[1:])
     if argv and argv[0] == "export":

@@ -8,7 +8,8 @@ A recipe is a YAML file with the sections
 - `text_encoder` (optional): `tiny: {...}` builds an untrained tiny T5 from the
   training captions (offline demos), instead of `model.text_encoder_name`;
 - `data`: `source: demo | folder | tfds` and that source's arguments;
-- `train`: the stage, steps, batch size, optimizer, EMA, checkpoint and sample cadence;
+- `train`: the stage, steps, batch size, optimizer, EMA, checkpoint and sample cadence,
+  precision (`bf16`/`fp16` mixed precision) and TensorBoard logging;
 - `sample` (optional): prompts and settings of the sample grids;
 - `output_dir` (optional): where checkpoints and grids go (default `runs/<recipe>`).
 
@@ -309,6 +310,12 @@ TRAIN_DEFAULTS = {
     "keep_checkpoints": 3,
     "sample_every": None,
     "jit_compile": None,  # true | false | "auto" (the default)
+    "precision": None,  # "bf16" | "fp16" (mixed precision) | "no"; None: float32
+    "tensorboard": False,  # TensorBoard logs in <output_dir>/tensorboard
+    # Data-parallel engine (imagen_keras.distribution.distribution_scope): null (one
+    # device), "auto", "mirrored", "multi_worker", "tpu" (TensorFlow), "data_parallel" (JAX).
+    "distribution": None,
+    "devices": None,  # device names for "mirrored" / "data_parallel"; null: all
     "seed": 0,
 }
 
@@ -370,6 +377,30 @@ def train_section(section, num_unets, where="train"):
             f'`{where}.jit_compile` must be true, false or "auto". '
             f"Received: {where}.jit_compile={merged['jit_compile']!r}"
         )
+    from imagen_keras.distribution import STRATEGIES
+    from imagen_keras.training.precision import PRECISIONS, precision_policy
+
+    if merged["distribution"] is not None and merged["distribution"] not in STRATEGIES:
+        raise ConfigError(
+            f"`{where}.distribution` must be one of {list(STRATEGIES)} or null. "
+            f"Received: {where}.distribution={merged['distribution']!r}"
+        )
+    devices = merged["devices"]
+    if devices is not None and (
+        not isinstance(devices, list) or not devices or not all(isinstance(d, str) for d in devices)
+    ):
+        raise ConfigError(
+            f"`{where}.devices` must be a list of device names or null. "
+            f"Received: {where}.devices={devices!r}"
+        )
+
+    try:
+        precision_policy(merged["precision"])
+    except ValueError:
+        raise ConfigError(
+            f"`{where}.precision` must be one of {list(PRECISIONS)} or null. "
+            f"Received: {where}.precision={merged['precision']!r}"
+        ) from None
     unet = merged["unet"]
     if isinstance(unet, bool) or not isinstance(unet, int) or not 1 <= unet <= num_unets:
         raise ConfigError(

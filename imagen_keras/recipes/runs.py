@@ -17,6 +17,7 @@ import re
 TEXT_ENCODER_FOLDER = "text_encoder"
 CHECKPOINT_FOLDER = "checkpoints"
 SAMPLES_FOLDER = "samples"
+TENSORBOARD_FOLDER = "tensorboard"
 CONFIG_FILE = "config.yaml"
 FINAL_GRID = "samples.png"
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 
 from imagen_keras.recipes import runs
@@ -120,9 +121,7 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
     """
     import keras
 
-    from imagen_keras.backend import sync_training_state
-    from imagen_keras.training import ImagenTrainer, ProgressLogger, SampleGrid
-    from imagen_keras.training.callbacks import CheckpointCallback
+    from imagen_keras.distribution import distribution_scope, is_chief
 
     start = time.monotonic()
     train = recipe.train
@@ -136,14 +135,38 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
             f"`--unet` must be a stage number from 1 to {recipe.model.num_unets}. "
             f"Received: {unet!r}"
         )
+    # First: a multi-worker strategy must exist before the program's first TF op.
+    scope = distribution_scope(train["distribution"], train["devices"])
+    chief = is_chief()  # the one process that writes to the run folder
     output_dir = output_dir or recipe.output_dir
     os.makedirs(output_dir, exist_ok=True)
-    write_config(recipe, output_dir)
+    if chief:
+        write_config(recipe, output_dir)
     keras.utils.set_random_seed(train["seed"])
 
     dataset = training_dataset(recipe, recipe.model.image_sizes[unet - 1])
     prompts = sample_prompts(recipe, dataset)
-    overrides = prepare_text_encoder(recipe, output_dir, dataset, prompts)
+    # Other processes build the same (seeded) tiny text encoder in a folder of their own.
+    text_folder = output_dir if chief else tempfile.mkdtemp(prefix="imagen_worker_")
+    overrides = prepare_text_encoder(recipe, text_folder, dataset, prompts)
+    if verbose and scope.strategy is not None:
+        print(f"Distribution: {scope.name} over {scope.num_replicas} replicas")
+    with scope:
+        return _train_in_scope(
+            recipe, unet, output_dir, dataset, prompts, overrides, verbose, start
+        )
+
+
+def _train_in_scope(recipe, unet, output_dir, dataset, prompts, overrides, verbose, start):
+    """The part of `run` that builds, trains and samples: inside the distribution scope."""
+    import keras
+
+    from imagen_keras.backend import sync_training_state
+    from imagen_keras.distribution import is_chief
+    from imagen_keras.training import ImagenTrainer, ProgressLogger, SampleGrid
+    from imagen_keras.training.callbacks import CheckpointCallback
+
+    train = recipe.train
     cascade = recipe.model.create(seed=train["seed"], **overrides)
 
     checkpoints = os.path.join(output_dir, runs.CHECKPOINT_FOLDER)
@@ -164,6 +187,7 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
         max_checkpoints_keep=train["keep_checkpoints"],
         max_batch_size=train["max_batch_size"],
         jit_compile=train["jit_compile"],
+        precision=train["precision"],
         split_random_seed=train["seed"],
         verbose=verbose,
     )
@@ -187,12 +211,16 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
         cell_size=sample["cell_size"],
         **sample_kwargs,
     )
-    callbacks = [
-        CheckpointCallback(manager, train["checkpoint_every"], extra=extra),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"), append=True),
-    ]
+    callbacks = [CheckpointCallback(manager, train["checkpoint_every"], extra=extra)]
     if train["sample_every"]:
         callbacks.append(grid)
+    if is_chief():  # logs: one writer
+        callbacks.append(
+            keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"), append=True)
+        )
+        if train["tensorboard"]:
+            log_dir = os.path.join(output_dir, runs.TENSORBOARD_FOLDER)
+            callbacks.append(keras.callbacks.TensorBoard(log_dir, update_freq="epoch"))
     interactive = verbose and sys.stdout.isatty()
     if verbose and not interactive and remaining > 0:
         callbacks.append(ProgressLogger(max(1, min(100, remaining // 20 or 1)), remaining))
@@ -227,8 +255,10 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
     saved = manager.checkpoints()
     if saved and saved[-1][0] == sum(trainer.steps):
         checkpoint = saved[-1][1]
-    else:
+    elif is_chief():
         checkpoint = manager.save(cascade, extra=extra)
+    else:
+        checkpoint = None  # the chief saves it
     result = {
         "output_dir": output_dir,
         "resumed_from": done,
@@ -317,5 +347,18 @@ def main(argv=None):
 
 __all__ = ["RecipeConfig", "main", "run"]
 
+
+def exit_process(code):
+    """End a command-line process with `code`. After Ctrl-C/SIGTERM (130) everything is
+    saved; the input pipeline's worker threads, interrupted mid-batch, can abort the
+    interpreter's teardown ("terminate called without an active exception", SIGABRT),
+    which would hide the exit code from a scheduler: so that exit skips the teardown."""
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -93,6 +93,10 @@ def test_config_classes_create_what_the_fields_say():
         ({"sample.prompts": "a cat"}, "`sample.prompts` must be a list of strings"),
         ({"model.unets.0.dim": -4}, "`model.unets[0]`"),
         ({"model.loss_type": "l3"}, "`model`: `loss_type` must be one of"),
+        ({"train.precision": "fp8"}, "`train.precision` must be one of"),
+        ({"train.tensorboard": "often"}, "`train.tensorboard` must be a bool"),
+        ({"train.distribution": "ddp"}, "`train.distribution` must be one of"),
+        ({"train.devices": "gpu0"}, "`train.devices` must be a list of device names"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(changes, message):

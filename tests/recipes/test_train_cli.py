@@ -13,7 +13,7 @@ from PIL import Image
 
 from imagen_keras.recipes import cli, load_recipe
 from imagen_keras.recipes.train import run
-from imagen_keras.training import checkpoint_metadata
+from imagen_keras.training import checkpoint_metadata, load_imagen_from_checkpoint
 
 TINY = {
     "model": {
@@ -59,7 +59,7 @@ def write_recipe(folder, **train):
 
 
 def test_recipe_run_then_imagen_writes_the_prompt_png(tmp_path, capsys):
-    recipe = load_recipe(write_recipe(tmp_path))
+    recipe = load_recipe(write_recipe(tmp_path, tensorboard=True))
     folder = str(tmp_path / "run")
     result = run(recipe, output_dir=folder)
     assert result["steps"] == 4 and not result["interrupted"] and result["resumed_from"] == 0
@@ -69,6 +69,7 @@ def test_recipe_run_then_imagen_writes_the_prompt_png(tmp_path, capsys):
     assert meta["extra"]["recipe"]["model"] == TINY["model"]  # self-describing
     for name in ("config.yaml", "log.csv", "samples.png", "text_encoder"):
         assert os.path.exists(os.path.join(folder, name)), name
+    assert os.listdir(os.path.join(folder, "tensorboard", "train"))  # train.tensorboard
     assert Image.open(os.path.join(folder, "samples.png")).size[0] >= 2 * 64
     assert "Done: unet 1 has 4/4 steps" in capsys.readouterr().out
 
@@ -126,7 +127,8 @@ def processes():
 
 
 def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path, processes):
-    recipe = write_recipe(tmp_path, steps=100000, sample_every=None)
+    # In mixed precision (train.precision), which must survive the resumes too.
+    recipe = write_recipe(tmp_path, steps=100000, sample_every=None, precision="bf16")
     folder = tmp_path / "run"
     command = [sys.executable, "-m", "imagen_keras.recipes.train", "--config", recipe]
     command += ["--output", str(folder)]
@@ -168,6 +170,9 @@ def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path, pr
     result = run(load_recipe(recipe, [f"train.steps={last + 2}"]), output_dir=str(folder))
     assert result["resumed_from"] == last
     assert checkpoint_metadata(result["checkpoint"])["num_steps_taken"] == [last + 2]
+    imagen = load_imagen_from_checkpoint(result["checkpoint"])
+    assert imagen.unets[0].dtype_policy.name == "mixed_bfloat16"
+    assert all(w.dtype == "float32" for w in imagen.unets[0].trainable_weights)
 
 
 @pytest.fixture(autouse=True)
