@@ -86,6 +86,19 @@ def sync_training_state(model):
         model.jax_state_sync()
 
 
+def variable_to_numpy(variable):
+    """A Keras variable's value as a numpy array, also under a `tf.distribute` strategy
+    (where it is a per-replica value without `__array__`; the copies are equal after a
+    step, so the first replica's is read)."""
+    value = variable.value
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(value, tf.distribute.DistributedValues):
+            value = value.values[0]
+    return keras.ops.convert_to_numpy(value)
+
+
 def tf_apply_in_replica_context(optimizer, grads, trainable_variables=None):
     """`SkipNonFiniteOptimizer.apply` on TensorFlow, as `LossScaleOptimizer._tf_apply`.
 

@@ -21,7 +21,7 @@ def _encode_arrays(data, encode, batch_size):
         masks.append(m)
     out = {k: v for k, v in data.items() if k != TEXTS_KEY}
     out["text_embeds"] = np.concatenate(embeds, axis=0)
-    out["text_masks"] = np.concatenate(masks, axis=0)
+    out["text_masks"] = np.concatenate(masks, axis=0).astype("float32")  # see _encode_dataset
     return out
 
 
@@ -41,7 +41,11 @@ def _encode_dataset(dataset, encode, embed_dim, length):
         element["text_embeds"] = tf.ensure_shape(
             tf.reshape(embeds, (batch, length, embed_dim)), (None, length, embed_dim)
         )
-        element["text_masks"] = tf.ensure_shape(tf.reshape(masks, (batch, length)), (None, length))
+        # 0/1 floats, not bools: under tf.distribute Keras averages the first batch over
+        # the replicas (to build the model), and bools cannot be summed. The cascade
+        # reads any nonzero mask value as True.
+        masks = tf.cast(tf.reshape(masks, (batch, length)), tf.float32)
+        element["text_masks"] = tf.ensure_shape(masks, (None, length))
         return element
 
     return dataset.map(replace)

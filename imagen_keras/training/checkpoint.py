@@ -28,6 +28,7 @@ import zlib
 import keras
 import numpy as np
 
+from imagen_keras.backend import variable_to_numpy
 from imagen_keras.saving import (
     DamagedFileError,
     _fspath,
@@ -88,7 +89,7 @@ def _stage_record(optimizer, index, include_variables, arrays):
         record["variables"] = []
         for j, variable in enumerate(optimizer.variables):
             key = f"stage{index + 1}_{j}"
-            arrays[key] = _storable(keras.ops.convert_to_numpy(variable.value))
+            arrays[key] = _storable(variable_to_numpy(variable))
             record["variables"].append(
                 {"key": key, "path": variable.path, "shape": list(variable.shape)}
             )

@@ -17,19 +17,11 @@ from tests.recipes.test_train_cli import write_recipe
 
 BACKEND = keras.backend.backend()
 
-pytestmark = [
-    pytest.mark.skipif(
-        BACKEND not in ("jax", "tensorflow"),
-        reason="Keras' torch backend has no multi-device engine (its error is tested in "
-        "test_distribution.py)",
-    ),
-    pytest.mark.skipif(
-        BACKEND == "tensorflow",
-        reason="open bug: a recipe under MirroredStrategy stops in its first step with "
-        "\"Value for attr 'T' of bool ... AddN\" (plain fit under MirroredStrategy works: "
-        "test_multi_device.py); the TensorFlow driver below is kept for the fix",
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    BACKEND not in ("jax", "tensorflow"),
+    reason="Keras' torch backend has no multi-device engine (its error is tested in "
+    "test_distribution.py)",
+)
 
 TF_DRIVER = (
     "import sys, tensorflow as tf\n"
