@@ -16,9 +16,17 @@ import os
 
 import keras
 
-STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "data_parallel")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "data_parallel", "model_parallel")
 TF_STRATEGIES = ("mirrored", "multi_worker", "tpu")
-JAX_STRATEGIES = ("data_parallel",)
+JAX_STRATEGIES = ("data_parallel", "model_parallel")
+MODEL_AXIS = "model"
+BATCH_AXIS = "batch"
+# The environment variables `keras.distribution.initialize()` reads.
+JAX_PROCESS_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
 
 _TORCH_MESSAGE = (
     "Keras' torch backend has no multi-device training engine, so imagen-keras trains on "
@@ -57,7 +65,7 @@ class DistributionScope:
         return f"DistributionScope(name={self.name!r}, num_replicas={self.num_replicas})"
 
 
-def distribution_scope(strategy="auto", devices=None):
+def distribution_scope(strategy="auto", devices=None, model_parallel=None):
     """Select the data-parallel engine of the active Keras backend.
 
     The global batch (what `fit`'s `batch_size` or the dataset's batch says) is split
@@ -78,12 +86,22 @@ def distribution_scope(strategy="auto", devices=None):
               `TPUClusterResolver` (TPU_NAME or the local TPU VM).
             - `"data_parallel"` (JAX): `keras.distribution.DataParallel(devices=...)`. On
               several hosts, call `keras.distribution.initialize(...)` first (it runs
-              `jax.distributed.initialize`); the devices are then those of all hosts.
+              `jax.distributed.initialize`), or set the `KERAS_DISTRIBUTION_*` variables
+              it reads and this function calls it; the devices are then those of all
+              hosts.
+            - `"model_parallel"` (JAX): `keras.distribution.ModelParallel` over a
+              `("batch", "model")` mesh whose `"model"` axis has `model_parallel`
+              devices: the unets' large weights (attention and feed-forward projections,
+              resnet convolutions, time MLPs) are split over that axis by
+              `unet_layout_map`, and the batch over the other one.
             - `None`: no strategy, one device, on every backend.
         devices: list of device names or `None` (every device). TensorFlow names such as
             `["/gpu:0", "/gpu:1"]` for `"mirrored"`; `keras.distribution.list_devices()`
             names such as `["gpu:0", "gpu:1"]` for `"data_parallel"`. Not used by
             `"multi_worker"` and `"tpu"`, which take their devices from the cluster.
+        model_parallel: int or `None`. For `"model_parallel"`: how many devices share
+            one copy of the weights (the size of the mesh's `"model"` axis; it must
+            divide the number of devices). `None` uses every device for the model axis.
 
     Returns:
         A `DistributionScope`: a context manager with `strategy` and `num_replicas`.
@@ -112,13 +130,29 @@ def distribution_scope(strategy="auto", devices=None):
         devices = list(devices)
         if not devices:
             raise ValueError("`devices` must name at least one device. Received: devices=[]")
+    if model_parallel is not None:
+        if strategy != "model_parallel":
+            raise ValueError(
+                "`model_parallel` is only used with strategy='model_parallel'. "
+                f"Received: strategy={strategy!r}, model_parallel={model_parallel!r}"
+            )
+        if isinstance(model_parallel, bool) or not isinstance(model_parallel, int):
+            raise ValueError(
+                "`model_parallel` must be a positive int or None. "
+                f"Received: model_parallel={model_parallel!r}"
+            )
+        if model_parallel < 1:
+            raise ValueError(
+                "`model_parallel` must be a positive int or None. "
+                f"Received: model_parallel={model_parallel!r}"
+            )
     if strategy is None:
         return DistributionScope(None, None, 1)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _tensorflow_scope(strategy, devices)
     if backend == "jax":
-        return _jax_scope(strategy, devices)
+        return _jax_scope(strategy, devices, model_parallel)
     if backend == "torch":
         return _torch_scope(strategy, devices)
     raise ValueError(
@@ -170,14 +204,128 @@ def _tensorflow_scope(strategy, devices):
     return DistributionScope(strategy, engine, engine.num_replicas_in_sync)
 
 
-def _jax_scope(strategy, devices):
+def _jax_scope(strategy, devices, model_parallel):
     if strategy in TF_STRATEGIES:
         raise _wrong_backend(strategy, "jax", JAX_STRATEGIES)
+    initialize_processes()
     available = keras.distribution.list_devices()
     if strategy == "auto" and devices is None and len(available) < 2:
         return DistributionScope(None, None, 1)
-    engine = keras.distribution.DataParallel(devices=devices or available)
+    devices = devices or available
+    if strategy == "model_parallel":
+        engine = _model_parallel(devices, model_parallel or len(devices))
+        return DistributionScope(strategy, engine, _batch_replicas(engine))
+    engine = keras.distribution.DataParallel(devices=devices)
     return DistributionScope("data_parallel", engine, _batch_replicas(engine))
+
+
+def initialize_processes():
+    """JAX: join the other processes of a multi-process run, once, if one is configured.
+
+    Calls `keras.distribution.initialize()` (which runs `jax.distributed.initialize`) when
+    the environment sets `KERAS_DISTRIBUTION_JOB_ADDRESSES` and
+    `KERAS_DISTRIBUTION_NUM_PROCESSES` (and `KERAS_DISTRIBUTION_PROCESS_ID`) and JAX is
+    not initialised yet; `distribution_scope` calls it. It must run before the program's
+    first JAX computation. Returns True when this process is part of a multi-process run.
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    if jax.distributed.is_initialized():
+        return True
+    if not os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
+        return False
+    missing = [name for name in JAX_PROCESS_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ValueError(
+            "A multi-process JAX run needs all of "
+            f"{', '.join(JAX_PROCESS_VARIABLES)}. Missing: {', '.join(missing)}"
+        )
+    keras.distribution.initialize()
+    return True
+
+
+def unet_layout_map(device_mesh, model_axis=MODEL_AXIS):
+    """Which unet weights split over the `model_axis` of `device_mesh` (JAX ModelParallel).
+
+    Megatron-style: a layer that widens splits its output features, the layer that
+    narrows back splits its input features, so each device holds 1/N of
+    - attention: `to_q` and cross-attention `to_kv` (heads, output axis), `to_out`
+      (input axis);
+    - feed-forward: `proj_in` (output axis), `proj_out` (input axis);
+    - resnet blocks: the first 3x3 convolution (output channels), the second (input
+      channels), the time MLP (output axis);
+    - the perceiver resampler's attention and the time / pooled-text conditioning MLPs.
+    Everything else (norms, biases, embeddings, the small single-head key/value of
+    self-attention, the first and last convolutions) is replicated, and so is any axis
+    the model axis does not divide (see `distribution_scope("model_parallel")`, which
+    applies this map). Optimizer slots and EMA copies follow their weights. XLA inserts
+    the collectives, so the maths is that of one device.
+
+    Args:
+        device_mesh: `keras.distribution.DeviceMesh` with an axis named `model_axis`.
+        model_axis: str. The mesh axis the weights split over.
+
+    Returns:
+        A `keras.distribution.LayoutMap`.
+    """
+    if model_axis not in device_mesh.axis_names:
+        raise ValueError(
+            f"`device_mesh` has no axis {model_axis!r}. "
+            f"Received: device_mesh.axis_names={list(device_mesh.axis_names)!r}"
+        )
+    m = model_axis
+    layout_map = keras.distribution.LayoutMap(device_mesh)
+    # Dense kernels are (inputs, outputs); convolution kernels (kh, kw, inputs, outputs).
+    for pattern, layout in {
+        r".*/(to_q|proj_in|time_mlp|to_time_hiddens|text_non_attn_in)/kernel": (None, m),
+        r".*(cross_attn|attn_pool/attn_\d+)/to_kv/kernel": (None, m),
+        r".*/(to_out|proj_out|to_time_cond|text_non_attn_out)/kernel": (m, None),
+        r".*/block1/project/kernel": (None, None, None, m),
+        r".*/block2/project/kernel": (None, None, m, None),
+    }.items():
+        layout_map[pattern] = layout
+    return layout_map
+
+
+def _model_parallel(devices, model_size):
+    import numpy as np
+
+    if len(devices) % model_size:
+        raise ValueError(
+            f"`model_parallel` must divide the number of devices ({len(devices)}). "
+            f"Received: model_parallel={model_size!r}"
+        )
+    mesh = keras.distribution.DeviceMesh(
+        (len(devices) // model_size, model_size),
+        (BATCH_AXIS, MODEL_AXIS),
+        devices=np.asarray(devices),
+    )
+    return _DivisibleModelParallel(layout_map=unet_layout_map(mesh), batch_dim_name=BATCH_AXIS)
+
+
+class _DivisibleModelParallel(keras.distribution.ModelParallel):
+    """`ModelParallel` that replicates a weight axis its mesh axis does not divide.
+
+    One layout map then serves every unet size: a 3-channel output or an odd width
+    stays whole instead of failing with a sharding error.
+    """
+
+    def get_variable_layout(self, variable):
+        layout = super().get_variable_layout(variable)
+        mesh = self.device_mesh
+        axes = list(layout.axes)
+        if len(axes) != len(variable.shape):
+            return keras.distribution.TensorLayout([None] * len(variable.shape), mesh)
+        sizes = dict(zip(mesh.axis_names, mesh.shape))
+        fitted = [
+            axis if axis is None or variable.shape[i] % sizes[axis] == 0 else None
+            for i, axis in enumerate(axes)
+        ]
+        if fitted == axes:
+            return layout
+        return keras.distribution.TensorLayout(fitted, mesh)
 
 
 def _torch_scope(strategy, devices):

@@ -37,6 +37,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
 
 
+def pytest_terminal_summary(terminalreporter):
+    # The suite runs in groups partly to bound memory: show what this process peaked at.
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    terminalreporter.write_line(f"peak memory of this pytest process: {peak:.0f} MiB")
+
+
 def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}"
 

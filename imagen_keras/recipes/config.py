@@ -313,9 +313,11 @@ TRAIN_DEFAULTS = {
     "precision": None,  # "bf16" | "fp16" (mixed precision) | "no"; None: float32
     "tensorboard": False,  # TensorBoard logs in <output_dir>/tensorboard
     # Data-parallel engine (imagen_keras.distribution.distribution_scope): null (one
-    # device), "auto", "mirrored", "multi_worker", "tpu" (TensorFlow), "data_parallel" (JAX).
+    # device), "auto", "mirrored", "multi_worker", "tpu" (TensorFlow), "data_parallel",
+    # "model_parallel" (JAX).
     "distribution": None,
     "devices": None,  # device names for "mirrored" / "data_parallel"; null: all
+    "model_parallel": None,  # "model_parallel": devices per copy of the weights; null: all
     "seed": 0,
 }
 
@@ -384,6 +386,13 @@ def train_section(section, num_unets, where="train"):
         raise ConfigError(
             f"`{where}.distribution` must be one of {list(STRATEGIES)} or null. "
             f"Received: {where}.distribution={merged['distribution']!r}"
+        )
+    _positive_int(merged["model_parallel"], f"{where}.model_parallel", allow_none=True)
+    if merged["model_parallel"] is not None and merged["distribution"] != "model_parallel":
+        raise ConfigError(
+            f'`{where}.model_parallel` is only used with {where}.distribution="model_parallel". '
+            f"Received: {where}.model_parallel={merged['model_parallel']!r}, "
+            f"{where}.distribution={merged['distribution']!r}"
         )
     devices = merged["devices"]
     if devices is not None and (

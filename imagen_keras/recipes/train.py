@@ -136,7 +136,7 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
             f"Received: {unet!r}"
         )
     # First: a multi-worker strategy must exist before the program's first TF op.
-    scope = distribution_scope(train["distribution"], train["devices"])
+    scope = distribution_scope(train["distribution"], train["devices"], train["model_parallel"])
     chief = is_chief()  # the one process that writes to the run folder
     output_dir = output_dir or recipe.output_dir
     os.makedirs(output_dir, exist_ok=True)

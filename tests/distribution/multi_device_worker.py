@@ -64,7 +64,7 @@ def make_model():
     unet = Unet(
         dim=8,
         dim_mults=(1, 2),
-        layer_attns=False,
+        layer_attns=(False, True),  # attention weights to split under model_parallel
         layer_cross_attns=False,
         cond_on_text=False,
         attn_pool_text=False,
@@ -84,8 +84,19 @@ def per_replica(variable):
     return [np.asarray(ops.convert_to_numpy(value)).tolist()]
 
 
-def train(strategy, devices, images):
-    with distribution_scope(strategy, devices=devices) as scope:
+def sharding_report(model):
+    """Path -> (sharding spec, shape of this process' first shard) of every weight."""
+    report = {}
+    for variable in model.unets[0].weights:
+        sharding = variable.value.sharding
+        spec = [axis for axis in getattr(sharding, "spec", ())]
+        shard = variable.value.addressable_shards[0].data.shape
+        report[variable.path] = [spec, list(shard), list(variable.shape)]
+    return report
+
+
+def train(strategy, devices, images, **kwargs):
+    with distribution_scope(strategy, devices=devices, **kwargs) as scope:
         model = make_model()
         before = [ops.convert_to_numpy(v) for v in model.trainable_variables]
         history = model.fit(
@@ -107,6 +118,8 @@ def train(strategy, devices, images):
             runs = [scope.strategy.run(tf.function(draw)) for _ in range(2)]
             local = scope.strategy.experimental_local_results
             report["draws"] = [[v.numpy().tolist() for v in local(run)] for run in runs]
+        if strategy == "model_parallel":
+            report["sharding"] = sharding_report(model)
         report["seed_states"] = per_replica(model.seed_generator.state)
     return before, after, report
 
@@ -121,15 +134,21 @@ def main():
     m0, multi_w, multi = train(strategy, devices, images)
     flat = lambda ws: np.concatenate([w.ravel() for w in ws])  # noqa: E731
     update = flat(single_w) - flat(w0)
-    result = {
-        "single": single,
-        "multi": multi,
-        "same_init": float(np.abs(flat(m0) - flat(w0)).max()),
-        "update_ratio": float(np.linalg.norm(flat(multi_w) - flat(m0)) / np.linalg.norm(update)),
-        "relative_error": float(
-            np.linalg.norm(flat(multi_w) - flat(single_w)) / np.linalg.norm(update)
-        ),
-    }
+
+    def compare(start, end):
+        return {
+            "same_init": float(np.abs(flat(start) - flat(w0)).max()),
+            "update_ratio": float(np.linalg.norm(flat(end) - flat(start)) / np.linalg.norm(update)),
+            "relative_error": float(
+                np.linalg.norm(flat(end) - flat(single_w)) / np.linalg.norm(update)
+            ),
+        }
+
+    result = {"single": single, "multi": multi, **compare(m0, multi_w)}
+    if BACKEND == "jax":
+        # The weights split over a 1 x 2 ("batch", "model") mesh: one copy, two halves.
+        p0, parallel_w, parallel = train("model_parallel", None, images, model_parallel=2)
+        result["model_parallel"] = {**parallel, **compare(p0, parallel_w)}
     print("RESULT " + json.dumps(result))
 
 

@@ -9,8 +9,10 @@ import pytest
 from imagen_keras.distribution import (
     ReplicaSeedGenerator,
     distribution_scope,
+    initialize_processes,
     is_chief,
     num_replicas,
+    unet_layout_map,
 )
 
 BACKEND = keras.backend.backend()
@@ -77,6 +79,82 @@ def test_data_parallel_scope_sets_the_distribution():
         assert keras.distribution.distribution() is scope.strategy
         assert num_replicas() == len(keras.distribution.list_devices())
     assert keras.distribution.distribution() is None
+
+
+@pytest.mark.parametrize(
+    "strategy, model_parallel, match",
+    [
+        ("data_parallel", 2, "only used with strategy='model_parallel'"),
+        ("model_parallel", 0, "model_parallel=0"),
+        ("model_parallel", True, "model_parallel=True"),
+    ],
+)
+def test_bad_model_parallel_is_refused(strategy, model_parallel, match):
+    with pytest.raises(ValueError, match=match):
+        distribution_scope(strategy, model_parallel=model_parallel)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.ModelParallel only")
+def test_model_parallel_must_divide_the_devices():
+    count = len(keras.distribution.list_devices())
+    with pytest.raises(ValueError, match=f"divide the number of devices \\({count}\\)"):
+        distribution_scope("model_parallel", model_parallel=count + 1)
+
+
+class _FakeVariable:
+    def __init__(self, path, shape):
+        self.path, self.shape, self._layout = path, shape, None
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.ModelParallel only")
+def test_unet_layout_map_splits_the_wide_weights_when_the_axis_divides():
+    from imagen_keras.distribution import _DivisibleModelParallel
+
+    # A mesh is only names here: the layouts are read, nothing is placed on the devices.
+    mesh = keras.distribution.DeviceMesh(
+        (1, 2), ("batch", "model"), devices=np.array(["cpu:0", "cpu:1"])
+    )
+    engine = _DivisibleModelParallel(layout_map=unet_layout_map(mesh), batch_dim_name="batch")
+    cases = {
+        ("imagen/unet/down_1/attn/attn_0/to_q/kernel", (16, 512)): (None, "model"),
+        ("unet/mid_block1/cross_attn/to_kv/kernel", (16, 1024)): (None, "model"),
+        ("unet/attn_pool/attn_1/to_kv/kernel", (16, 1024)): (None, "model"),
+        ("unet/mid_attn/attn_0/to_kv/kernel", (32, 128)): (None, None),  # one shared head
+        ("unet/up_0/attn/ff_0/proj_out/kernel", (64, 32)): ("model", None),
+        ("unet/to_time_cond/kernel", (64, 64)): ("model", None),
+        ("unet/down_0/resnet_block_0/block1/project/kernel", (3, 3, 16, 32)): (
+            None,
+            None,
+            None,
+            "model",
+        ),
+        ("unet/down_0/resnet_block_0/block2/project/kernel", (3, 3, 32, 32)): (
+            None,
+            None,
+            "model",
+            None,
+        ),
+        # An odd width stays whole instead of failing to shard.
+        ("unet/up_1/init_block/block1/project/kernel", (3, 3, 32, 15)): (None,) * 4,
+        ("unet/final_conv/kernel", (3, 3, 16, 3)): (None,) * 4,
+        ("unet/down_0/resnet_block_0/block1/project/bias", (32,)): (None,),
+    }
+    for (path, shape), axes in cases.items():
+        layout = engine.get_variable_layout(_FakeVariable(path, shape))
+        assert tuple(layout.axes) == axes, path
+    with pytest.raises(ValueError, match="no axis 'model'"):
+        unet_layout_map(keras.distribution.DeviceMesh((1,), ("batch",), devices=["cpu:0"]))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.distributed only")
+def test_multi_process_variables_must_come_together(monkeypatch):
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.delenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", raising=False)
+    monkeypatch.delenv("KERAS_DISTRIBUTION_PROCESS_ID", raising=False)
+    with pytest.raises(ValueError, match="Missing: KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_"):
+        initialize_processes()
+    monkeypatch.delenv("KERAS_DISTRIBUTION_NUM_PROCESSES")
+    assert initialize_processes() is False  # nothing configured: one process
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TF_CONFIG is read on TensorFlow only")

@@ -76,3 +76,40 @@ def test_replicas_draw_different_noise_from_one_seed_state(report):
         assert per_replica[0] != per_replica[1]
     assert draws[0] != draws[1]  # and the state advances between draws
     assert len(states) == 2 and states[0] == states[1]
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="ModelParallel is JAX's (keras.distribution)")
+def test_model_parallel_splits_the_unet_and_keeps_the_maths(report):
+    parallel = report["model_parallel"]
+    assert parallel["num_replicas"] == 1  # one copy of the weights, split over 2 devices
+    assert parallel["same_init"] == 0.0
+    assert parallel["relative_error"] < 1e-3
+    assert parallel["steps"] == [[STEPS]]
+    split = {
+        path: (spec, shard, shape)
+        for path, (spec, shard, shape) in parallel["sharding"].items()
+        if "model" in spec
+    }
+    # Megatron pairs: attention (to_q out, to_out in), feed-forward, resnet convolutions.
+    expected = {
+        "attn_0/to_q/kernel": 1,
+        "attn_0/to_out/kernel": 0,
+        "ff_0/proj_in/kernel": 1,
+        "ff_0/proj_out/kernel": 0,
+        "block1/project/kernel": 3,
+        "block2/project/kernel": 2,
+        "time_mlp/kernel": 1,
+    }
+    for suffix, axis in expected.items():
+        matches = [path for path in split if path.endswith(suffix)]
+        assert matches, f"no split weight ends with {suffix}: {sorted(split)}"
+        for path in matches:
+            spec, shard, shape = split[path]
+            assert spec[axis] == "model", (path, spec)
+            assert shard[axis] * 2 == shape[axis], (path, shard, shape)
+    # Small or indivisible weights stay whole: norms, biases, the 3-channel last conv.
+    whole = parallel["sharding"]
+    (final,) = [spec for path, (spec, _, _) in whole.items() if path.endswith("final_conv/kernel")]
+    assert "model" not in final
+    assert all("model" not in spec for path, (spec, _, _) in whole.items() if "norm" in path)
+    assert len(split) >= 10

@@ -97,6 +97,11 @@ def test_config_classes_create_what_the_fields_say():
         ({"train.tensorboard": "often"}, "`train.tensorboard` must be a bool"),
         ({"train.distribution": "ddp"}, "`train.distribution` must be one of"),
         ({"train.devices": "gpu0"}, "`train.devices` must be a list of device names"),
+        ({"train.model_parallel": 0}, "`train.model_parallel` must be a positive int"),
+        (
+            {"train.model_parallel": 2},
+            '`train.model_parallel` is only used with train.distribution="model_parallel"',
+        ),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(changes, message):
