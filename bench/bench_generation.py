@@ -56,9 +56,7 @@ def worker(steps, repeats):
         wall, cpu = time.perf_counter(), time.process_time()
         out = imagen.sample(text_embeds=embeds, cond_scale=cond_scale, seed=seed, verbose=0)
         keras.ops.convert_to_numpy(out)
-        return dict(
-            wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu, load1=load
-        )
+        return dict(wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu, load1=load)
 
     record = dict(backend=keras.backend.backend(), steps=steps, batch=BATCH)
     record["first_call"] = timed(3.0, 0)

@@ -8,26 +8,59 @@ config of issue #16. The batch size is chosen per run (4 or 32); text is
 
 F, T = False, True
 
-BASE_UNET_KW = dict(dim=32, cond_dim=128, dim_mults=(1, 2, 4), num_resnet_blocks=2,
-                    layer_attns=(F, T, T), layer_cross_attns=(F, T, T))
-SR_UNET_KW = dict(dim=32, dim_mults=(1, 2, 4), num_resnet_blocks=(2, 2, 2),
-                  layer_attns=(F, F, T), layer_cross_attns=(F, F, T))
-DIGITS_UNET_KW = dict(dim=32, cond_dim=64, dim_mults=(1, 2, 4), num_resnet_blocks=2,
-                      layer_attns=(F, T, T), layer_cross_attns=(F, T, T), channels=1)
+BASE_UNET_KW = dict(
+    dim=32,
+    cond_dim=128,
+    dim_mults=(1, 2, 4),
+    num_resnet_blocks=2,
+    layer_attns=(F, T, T),
+    layer_cross_attns=(F, T, T),
+)
+SR_UNET_KW = dict(
+    dim=32,
+    dim_mults=(1, 2, 4),
+    num_resnet_blocks=(2, 2, 2),
+    layer_attns=(F, F, T),
+    layer_cross_attns=(F, F, T),
+)
+DIGITS_UNET_KW = dict(
+    dim=32,
+    cond_dim=64,
+    dim_mults=(1, 2, 4),
+    num_resnet_blocks=2,
+    layer_attns=(F, T, T),
+    layer_cross_attns=(F, T, T),
+    channels=1,
+)
 
 CONFIGS = {
     "tiny64": dict(
-        unets=[BASE_UNET_KW], image_sizes=(64,), channels=3, text_len=16, text_dim=128,
-        train_unet=1, sample_steps=8,
+        unets=[BASE_UNET_KW],
+        image_sizes=(64,),
+        channels=3,
+        text_len=16,
+        text_dim=128,
+        train_unet=1,
+        sample_steps=8,
     ),
     "cascade64to128": dict(
         # Trains the 64 -> 128 super-resolution stage only; samples the whole cascade.
-        unets=[BASE_UNET_KW, SR_UNET_KW], image_sizes=(64, 128), channels=3, text_len=16,
-        text_dim=128, train_unet=2, sample_steps=4,
+        unets=[BASE_UNET_KW, SR_UNET_KW],
+        image_sizes=(64, 128),
+        channels=3,
+        text_len=16,
+        text_dim=128,
+        train_unet=2,
+        sample_steps=4,
     ),
     "digits32": dict(
-        unets=[DIGITS_UNET_KW], image_sizes=(32,), channels=1, text_len=8, text_dim=64,
-        train_unet=1, sample_steps=8,
+        unets=[DIGITS_UNET_KW],
+        image_sizes=(32,),
+        channels=1,
+        text_len=8,
+        text_dim=64,
+        train_unet=1,
+        sample_steps=8,
     ),
 }
 
@@ -46,5 +79,9 @@ def valid_lengths(batch, text_len):
 
 def imagen_kwargs(config):
     c = CONFIGS[config]
-    return dict(IMAGEN_KW, image_sizes=c["image_sizes"], channels=c["channels"],
-                text_embed_dim=c["text_dim"])
+    return dict(
+        IMAGEN_KW,
+        image_sizes=c["image_sizes"],
+        channels=c["channels"],
+        text_embed_dim=c["text_dim"],
+    )

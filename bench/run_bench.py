@@ -52,8 +52,16 @@ DEFAULT_REF_DIR = os.environ.get("IMAGEN_REF_DIR", "/tmp/imagen-pytorch-ref")
 
 
 def thread_env(n):
-    env = {k: str(n) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+    env = {
+        k: str(n)
+        for k in (
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "TF_NUM_INTRAOP_THREADS",
+            "TF_NUM_INTEROP_THREADS",
+        )
+    }
     if n == 1:
         env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     return env
@@ -62,8 +70,9 @@ def thread_env(n):
 def git_state(path):
     def git(*a):
         try:
-            return subprocess.run(["git", "-C", path, *a], capture_output=True, text=True,
-                                  timeout=30).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", path, *a], capture_output=True, text=True, timeout=30
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -73,13 +82,15 @@ def git_state(path):
 
 def snapshot(commit):
     """Extract imagen_keras/ as of `commit` under /tmp; returns (path, full commit hash)."""
-    full = subprocess.run(["git", "-C", REPO, "rev-parse", commit], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    full = subprocess.run(
+        ["git", "-C", REPO, "rev-parse", commit], capture_output=True, text=True, check=True
+    ).stdout.strip()
     path = os.path.join(tempfile.gettempdir(), f"imagen-keras-bench-{full[:12]}")
     if not os.path.isdir(os.path.join(path, "imagen_keras")):
         os.makedirs(path, exist_ok=True)
-        archive = subprocess.run(["git", "-C", REPO, "archive", full, "imagen_keras"],
-                                 capture_output=True, check=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", REPO, "archive", full, "imagen_keras"], capture_output=True, check=True
+        ).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(path)
     return path, full
@@ -102,17 +113,39 @@ def worker_cmd(args, impl, config, batch, rnd):
         python = args.ref_python or os.path.join(DEFAULT_REF_DIR, "venv", "bin", "python")
         cmd = [python, os.path.join(HERE, "worker.py"), "--impl", "reference"]
     else:
-        cmd = [sys.executable, os.path.join(HERE, "worker.py"), "--impl", "keras",
-               "--jit", args.jit]
-    cmd += ["--config", config, "--batch", str(batch), "--threads", str(args.threads),
-            "--round", str(rnd), "--warmup-steps", str(args.warmup_steps),
-            "--min-steps", str(args.min_steps), "--max-steps", str(args.max_steps),
-            "--budget-s", str(args.budget_s), "--sample-reps", str(args.sample_reps)]
+        cmd = [
+            sys.executable,
+            os.path.join(HERE, "worker.py"),
+            "--impl",
+            "keras",
+            "--jit",
+            args.jit,
+        ]
+    cmd += [
+        "--config",
+        config,
+        "--batch",
+        str(batch),
+        "--threads",
+        str(args.threads),
+        "--round",
+        str(rnd),
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--min-steps",
+        str(args.min_steps),
+        "--max-steps",
+        str(args.max_steps),
+        "--budget-s",
+        str(args.budget_s),
+        "--sample-reps",
+        str(args.sample_reps),
+    ]
     if args.sample_steps:
         cmd += ["--sample-steps", str(args.sample_steps)]
     nproc = os.cpu_count() or 1
     if args.pin and args.threads < nproc:
-        cmd += ["--cpus", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:args.threads])]
+        cmd += ["--cpus", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[: args.threads])]
     return cmd
 
 
@@ -122,8 +155,12 @@ def worker_env(args, impl):
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if impl == "reference":
         ref_dir = DEFAULT_REF_DIR
-        env.update(IMAGEN_REF_DIR=ref_dir, HF_HOME=os.path.join(ref_dir, "hf_home"),
-                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env.update(
+            IMAGEN_REF_DIR=ref_dir,
+            HF_HOME=os.path.join(ref_dir, "hf_home"),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+        )
         env.pop("PYTHONPATH", None)
     else:
         env["KERAS_BACKEND"] = impl
@@ -137,30 +174,48 @@ def run_worker(args, impl, config, batch, rnd):
     cmd = worker_cmd(args, impl, config, batch, rnd)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(args, impl),
-                              timeout=args.timeout, cwd=REPO)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=worker_env(args, impl),
+            timeout=args.timeout,
+            cwd=REPO,
+        )
         stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
         decode = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
         stdout, stderr, rc = decode(e.stdout), decode(e.stderr), f"timeout {args.timeout} s"
     line = next((x for x in reversed(stdout.splitlines()) if x.startswith(RECORD_PREFIX)), None)
     name = "imagen-pytorch" if impl == "reference" else f"keras/{impl}"
-    rec = json.loads(line[len(RECORD_PREFIX):]) if line else dict(
-        kind="measurement", impl=name, config=config, batch=batch, threads=args.threads,
-        round=rnd, error=f"no record (rc={rc})")
+    rec = (
+        json.loads(line[len(RECORD_PREFIX) :])
+        if line
+        else dict(
+            kind="measurement",
+            impl=name,
+            config=config,
+            batch=batch,
+            threads=args.threads,
+            round=rnd,
+            error=f"no record (rc={rc})",
+        )
+    )
     if rc != 0 and "error" not in rec:
         rec["error"] = f"rc={rc}"
     if "error" in rec:
         rec["stderr_tail"] = stderr[-2000:]
-    rec.update(loadavg_launch=load, settle_wait_s=waited,
-               process_wall_s=round(time.perf_counter() - t0, 2))
+    rec.update(
+        loadavg_launch=load, settle_wait_s=waited, process_wall_s=round(time.perf_counter() - t0, 2)
+    )
     return rec
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", default=list(configs.CONFIGS),
-                   choices=sorted(configs.CONFIGS))
+    p.add_argument(
+        "--configs", nargs="+", default=list(configs.CONFIGS), choices=sorted(configs.CONFIGS)
+    )
     p.add_argument("--batches", nargs="+", type=int, default=list(configs.BATCH_SIZES))
     p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     p.add_argument("--threads", type=int, default=2, help="threads per worker (1 or 2)")
@@ -168,29 +223,54 @@ def main():
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--min-steps", type=int, default=6)
     p.add_argument("--max-steps", type=int, default=40)
-    p.add_argument("--budget-s", type=float, default=120.0,
-                   help="steady-state seconds per worker after which it stops")
-    p.add_argument("--sample-steps", type=int, default=None,
-                   help="sampling steps per unet (default: each config's)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=120.0,
+        help="steady-state seconds per worker after which it stops",
+    )
+    p.add_argument(
+        "--sample-steps",
+        type=int,
+        default=None,
+        help="sampling steps per unet (default: each config's)",
+    )
     p.add_argument("--sample-reps", type=int, default=2)
     p.add_argument("--jit", default="auto", help="jit_compile of the keras workers")
-    p.add_argument("--no-pin", dest="pin", action="store_false",
-                   help="do not pin workers to --threads CPUs")
-    p.add_argument("--settle-s", type=float, default=90.0,
-                   help="longest wait for a quiet machine before each worker")
+    p.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not pin workers to --threads CPUs"
+    )
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=90.0,
+        help="longest wait for a quiet machine before each worker",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
-    p.add_argument("--ref-python", default=None,
-                   help="python of the imagen-pytorch venv (default: "
-                        "$IMAGEN_REF_DIR/venv/bin/python)")
-    p.add_argument("--keras-pythonpath", default=None,
-                   help="PYTHONPATH of the keras workers (to bench another imagen_keras tree)")
-    p.add_argument("--keras-commit", default=None,
-                   help="bench imagen_keras as of this commit (a `git archive` of it under "
-                        "/tmp), not the working tree, which others may be editing")
+    p.add_argument(
+        "--ref-python",
+        default=None,
+        help="python of the imagen-pytorch venv (default: $IMAGEN_REF_DIR/venv/bin/python)",
+    )
+    p.add_argument(
+        "--keras-pythonpath",
+        default=None,
+        help="PYTHONPATH of the keras workers (to bench another imagen_keras tree)",
+    )
+    p.add_argument(
+        "--keras-commit",
+        default=None,
+        help="bench imagen_keras as of this commit (a `git archive` of it under "
+        "/tmp), not the working tree, which others may be editing",
+    )
     p.add_argument("--label", default="", help="words for the report header and file name")
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
-    p.add_argument("--summarize", default=None, metavar="JSONL",
-                   help="write the markdown report of an existing run and exit")
+    p.add_argument(
+        "--summarize",
+        default=None,
+        metavar="JSONL",
+        help="write the markdown report of an existing run and exit",
+    )
     args = p.parse_args()
 
     if args.summarize:
@@ -208,9 +288,15 @@ def main():
         git["keras_pythonpath"] = args.keras_pythonpath
     else:
         git["keras_commit"] = git["commit"] + ("+modified" if git["imagen_keras_dirty"] else "")
-    header = dict(kind="run", date=time.strftime("%Y-%m-%d %H:%M %Z"), label=args.label,
-                  argv=sys.argv[1:], machine=measure.machine_info(),
-                  loadavg=measure.loadavg(), git=git)
+    header = dict(
+        kind="run",
+        date=time.strftime("%Y-%m-%d %H:%M %Z"),
+        label=args.label,
+        argv=sys.argv[1:],
+        machine=measure.machine_info(),
+        loadavg=measure.loadavg(),
+        git=git,
+    )
     with open(path, "w") as f:
         f.write(json.dumps(header) + "\n")
     print(f"# writing {path}", file=sys.stderr)
@@ -223,9 +309,12 @@ def main():
                         f.write(json.dumps(rec) + "\n")
                     train = (rec.get("train") or {}).get("wall_s") or []
                     med = f"{sorted(train)[len(train) // 2]:.3f} s/step" if train else "-"
-                    print(f"# {config} b{batch} round {rnd} {rec['impl']}: train {med}"
-                          f"{' ERROR ' + rec['error'][:200] if rec.get('error') else ''}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"# {config} b{batch} round {rnd} {rec['impl']}: train {med}"
+                        f"{' ERROR ' + rec['error'][:200] if rec.get('error') else ''}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     write_report(path)
 
 
@@ -245,14 +334,21 @@ def write_report(path):
     git = run.get("git") or {}
     header = dict(
         date=run.get("date"),
-        machine=(f"{m.get('cpu_model')}, nproc {m.get('nproc')}, kernel {m.get('kernel')}, "
-                 f"python {m.get('python')}, load average at start {run.get('loadavg')}"),
+        machine=(
+            f"{m.get('cpu_model')}, nproc {m.get('nproc')}, kernel {m.get('kernel')}, "
+            f"python {m.get('python')}, load average at start {run.get('loadavg')}"
+        ),
         versions=", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
-        command=(f"`bench/run_bench.py {' '.join(run.get('argv', []))}` (bench at commit "
-                 f"{git.get('commit', '?')[:10]}; imagen_keras "
-                 + (f"at commit {git['keras_commit'][:10]}" if git.get("keras_commit") else
-                    f"from PYTHONPATH {git.get('keras_pythonpath', run.get('keras_tree'))}")
-                 + ")"),
+        command=(
+            f"`bench/run_bench.py {' '.join(run.get('argv', []))}` (bench at commit "
+            f"{git.get('commit', '?')[:10]}; imagen_keras "
+            + (
+                f"at commit {git['keras_commit'][:10]}"
+                if git.get("keras_commit")
+                else f"from PYTHONPATH {git.get('keras_pythonpath', run.get('keras_tree'))}"
+            )
+            + ")"
+        ),
         label=run.get("label"),
     )
     out = os.path.splitext(path)[0] + ".md"

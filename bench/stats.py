@@ -51,8 +51,14 @@ def describe(rounds):
     lo = min(min(round_medians), q1)
     hi = max(max(round_medians), q3)
     return dict(
-        n=len(pooled), rounds=len(rounds), median=med, q1=q1, q3=q3,
-        min=min(pooled), max=max(pooled), round_medians=round_medians,
+        n=len(pooled),
+        rounds=len(rounds),
+        median=med,
+        q1=q1,
+        q3=q3,
+        min=min(pooled),
+        max=max(pooled),
+        round_medians=round_medians,
         interval=(lo, hi),
         rel_spread=max(q3 - q1, max(round_medians) - min(round_medians)) / med if med else 0.0,
     )
@@ -67,25 +73,35 @@ def compare(a, b, a_name="A", b_name="B", busy=False):
     if a is None or b is None:
         return dict(kind="none", ratio=None, text="no conclusion: not measured")
     if min(a["rounds"], b["rounds"]) < MIN_ROUNDS:
-        return dict(kind="none", ratio=None,
-                    text=f"no conclusion: fewer than {MIN_ROUNDS} rounds")
+        return dict(kind="none", ratio=None, text=f"no conclusion: fewer than {MIN_ROUNDS} rounds")
     if busy:
         return dict(kind="none", ratio=None, text="no conclusion: machine not quiet")
     (a_lo, a_hi), (b_lo, b_hi) = a["interval"], b["interval"]
     ratio = statistics.median(a["round_medians"]) / statistics.median(b["round_medians"])
     rounds = min(a["rounds"], b["rounds"])
     if a_hi < b_lo:
-        return dict(kind="faster", ratio=ratio, text=(
-            f"{a_name} faster than {b_name}: {ratio:.2f}x (max {a_hi:.3g} s < min "
-            f"{b_lo:.3g} s over {rounds} rounds)"))
+        return dict(
+            kind="faster",
+            ratio=ratio,
+            text=(
+                f"{a_name} faster than {b_name}: {ratio:.2f}x (max {a_hi:.3g} s < min "
+                f"{b_lo:.3g} s over {rounds} rounds)"
+            ),
+        )
     if b_hi < a_lo:
-        return dict(kind="slower", ratio=ratio, text=(
-            f"{a_name} slower than {b_name}: {ratio:.2f}x (min {a_lo:.3g} s > max "
-            f"{b_hi:.3g} s over {rounds} rounds)"))
+        return dict(
+            kind="slower",
+            ratio=ratio,
+            text=(
+                f"{a_name} slower than {b_name}: {ratio:.2f}x (min {a_lo:.3g} s > max "
+                f"{b_hi:.3g} s over {rounds} rounds)"
+            ),
+        )
     return dict(kind="none", ratio=None, text="no conclusion: intervals overlap")
 
 
 # --- records --------------------------------------------------------------------------------
+
 
 def _phase_load_values(rec):
     loads = [rec.get("loadavg_launch")]
@@ -106,8 +122,9 @@ def _busy(rec):
     for phase in ("train", "sample"):
         load = (rec.get(phase) or {}).get("load") or {}
         if load.get("other_cores", 0.0) > MAX_OTHER_CORES:
-            found.append(("cores used by other processes", load["other_cores"],
-                          MAX_OTHER_CORES, phase))
+            found.append(
+                ("cores used by other processes", load["other_cores"], MAX_OTHER_CORES, phase)
+            )
         if load.get("steal_per_s", 0.0) > MAX_STEAL:
             found.append(("steal (cores)", load["steal_per_s"], MAX_STEAL, phase))
     return found
@@ -115,8 +132,10 @@ def _busy(rec):
 
 def busy_reasons(rec):
     """Why a record was taken on a machine that was not quiet (empty list: quiet)."""
-    return [f"{kind} {value:.2f} > {limit:.1f}" + (f" ({phase})" if phase else "")
-            for kind, value, limit, phase in _busy(rec)]
+    return [
+        f"{kind} {value:.2f} > {limit:.1f}" + (f" ({phase})" if phase else "")
+        for kind, value, limit, phase in _busy(rec)
+    ]
 
 
 def busy_summary(recs):
@@ -126,8 +145,10 @@ def busy_summary(recs):
         for kind, value, limit, _ in _busy(rec):
             n, top, _ = worst.get(kind, (0, value, limit))
             worst[kind] = (n + 1, max(top, value), limit)
-    return [f"{kind} up to {top:.2f} > {limit:.1f} ({n} record(s) or phase(s))"
-            for kind, (n, top, limit) in worst.items()]
+    return [
+        f"{kind} up to {top:.2f} > {limit:.1f} ({n} record(s) or phase(s))"
+        for kind, (n, top, limit) in worst.items()
+    ]
 
 
 def group_records(records):
@@ -145,21 +166,27 @@ def group_records(records):
 
 
 def metric_rounds(recs, metric):
-    key = dict(train=("train", "wall_s"), train_cpu=("train", "cpu_s"),
-               sample=("sample", "wall_s_per_step"),
-               sample_cpu=("sample", "cpu_s_per_step"))[metric]
+    key = dict(
+        train=("train", "wall_s"),
+        train_cpu=("train", "cpu_s"),
+        sample=("sample", "wall_s_per_step"),
+        sample_cpu=("sample", "cpu_s_per_step"),
+    )[metric]
     return [(r.get(key[0]) or {}).get(key[1]) or [] for r in recs]
 
 
 def summarize_impl(recs):
-    s = {m: describe(metric_rounds(recs, m))
-         for m in ("train", "train_cpu", "sample", "sample_cpu")}
+    s = {
+        m: describe(metric_rounds(recs, m)) for m in ("train", "train_cpu", "sample", "sample_cpu")
+    }
     s["busy"] = busy_summary(recs)
     s["errors"] = [r["error"] for r in recs if r.get("error")]
-    s["first_step"] = describe([[r["train_warmup"][0]["wall_s"]] for r in recs
-                                if r.get("train_warmup")])
-    s["sample_first_call"] = describe([[r["sample_warmup"]["wall_s"]] for r in recs
-                                       if r.get("sample_warmup")])
+    s["first_step"] = describe(
+        [[r["train_warmup"][0]["wall_s"]] for r in recs if r.get("train_warmup")]
+    )
+    s["sample_first_call"] = describe(
+        [[r["sample_warmup"]["wall_s"]] for r in recs if r.get("sample_warmup")]
+    )
     threads = [r.get("threads_after_warmup") for r in recs if r.get("threads_after_warmup")]
     threads += [((r.get("train") or {}).get("load") or {}).get("max_threads") for r in recs]
     threads = [t for t in threads if t]
@@ -171,12 +198,15 @@ def summarize_impl(recs):
 
 # --- markdown ---------------------------------------------------------------------------
 
+
 def _fig(d, digits=3):
     if d is None:
         return "-"
     lo, hi = min(d["round_medians"]), max(d["round_medians"])
-    return (f"{d['median']:.{digits}g} [{d['q1']:.{digits}g}–{d['q3']:.{digits}g}] "
-            f"(rounds {lo:.{digits}g}–{hi:.{digits}g}, n={d['n']})")
+    return (
+        f"{d['median']:.{digits}g} [{d['q1']:.{digits}g}–{d['q3']:.{digits}g}] "
+        f"(rounds {lo:.{digits}g}–{hi:.{digits}g}, n={d['n']})"
+    )
 
 
 def _util(s, metric="train"):
@@ -198,17 +228,21 @@ def report(records, header=None):
     header = header or {}
     groups = group_records(records)
     for (config, batch, threads), impls in sorted(groups.items()):
-        lines += [f"### {config}, batch {batch}, {threads} thread(s)", "",
-                  "| implementation | train s/step: median [IQR] (round medians) "
-                  "| train CPU s/step (CPU/wall) | OS threads | first step s "
-                  "| train vs reference | sample s/step: median [IQR] (round medians) "
-                  "| sample CPU s/step (CPU/wall) | sample vs reference | 1st sample call s "
-                  "| peak RSS MB | flags |",
-                  "|---" * 12 + "|"]
+        lines += [
+            f"### {config}, batch {batch}, {threads} thread(s)",
+            "",
+            "| implementation | train s/step: median [IQR] (round medians) "
+            "| train CPU s/step (CPU/wall) | OS threads | first step s "
+            "| train vs reference | sample s/step: median [IQR] (round medians) "
+            "| sample CPU s/step (CPU/wall) | sample vs reference | 1st sample call s "
+            "| peak RSS MB | flags |",
+            "|---" * 12 + "|",
+        ]
         summaries = {impl: summarize_impl(recs) for impl, recs in impls.items()}
         ref = summaries.get(REFERENCE)
         order = [i for i in IMPL_ORDER if i in summaries] + sorted(
-            i for i in summaries if i not in IMPL_ORDER)
+            i for i in summaries if i not in IMPL_ORDER
+        )
         for impl in order:
             s = summaries[impl]
             flags = []
@@ -217,8 +251,10 @@ def report(records, header=None):
                 warnings.append(f"{config}/b{batch}/t{threads} {impl}: " + "; ".join(s["busy"]))
             if s["spread"]:
                 flags.append("⚠ spread")
-                warnings.append(f"{config}/b{batch}/t{threads} {impl}: spread above "
-                                f"{MAX_REL_SPREAD:.0%} of the median")
+                warnings.append(
+                    f"{config}/b{batch}/t{threads} {impl}: spread above "
+                    f"{MAX_REL_SPREAD:.0%} of the median"
+                )
             if s["errors"]:
                 flags.append("✗ error")
                 warnings.append(f"{config}/b{batch}/t{threads} {impl}: {s['errors'][0][:200]}")
@@ -227,24 +263,36 @@ def report(records, header=None):
                 if impl == REFERENCE or ref is None:
                     cells[metric] = "reference" if impl == REFERENCE else "-"
                     continue
-                v = compare(s[metric], ref[metric], impl, REFERENCE,
-                            busy=bool(s["busy"] or ref["busy"]))
+                v = compare(
+                    s[metric], ref[metric], impl, REFERENCE, busy=bool(s["busy"] or ref["busy"])
+                )
                 cells[metric] = _verdict_cell(v)
                 if v["kind"] != "none":
-                    conclusions.append(f"{config}, batch {batch}, {threads} thread(s), "
-                                       f"{metric} step: {v['text']}")
-            os_threads = "-" if not s["os_threads"] else "–".join(
-                str(x) for x in sorted(set(s["os_threads"])))
-            first = "-" if not s["first_step"] else (
-                f"{s['first_step']['median']:.3g} ({s['first_step']['min']:.3g}–"
-                f"{s['first_step']['max']:.3g})")
-            first_sample = "-" if not s["sample_first_call"] else (
-                f"{s['sample_first_call']['median']:.3g}")
+                    conclusions.append(
+                        f"{config}, batch {batch}, {threads} thread(s), {metric} step: {v['text']}"
+                    )
+            os_threads = (
+                "-"
+                if not s["os_threads"]
+                else "–".join(str(x) for x in sorted(set(s["os_threads"])))
+            )
+            first = (
+                "-"
+                if not s["first_step"]
+                else (
+                    f"{s['first_step']['median']:.3g} ({s['first_step']['min']:.3g}–"
+                    f"{s['first_step']['max']:.3g})"
+                )
+            )
+            first_sample = (
+                "-" if not s["sample_first_call"] else (f"{s['sample_first_call']['median']:.3g}")
+            )
             lines.append(
                 f"| {impl} | {_fig(s['train'])} | {_util(s)} | {os_threads} | {first} "
                 f"| {cells['train']} | {_fig(s['sample'])} | {_util(s, 'sample')} "
                 f"| {cells['sample']} | {first_sample} "
-                f"| {s['peak_rss_mb'] or '-'} | {' '.join(flags)} |")
+                f"| {s['peak_rss_mb'] or '-'} | {' '.join(flags)} |"
+            )
         lines.append("")
 
     out = ["# Benchmark: imagen-keras vs imagen-pytorch 2.1.0", ""]
@@ -253,15 +301,21 @@ def report(records, header=None):
             out.append(f"- **{key}**: {header[key]}")
     out.append("")
     if warnings:
-        out += ["**WARNING: the machine was not quiet or the spread was large for the rows "
-                "marked ⚠. These figures are not quiet-machine figures; no conclusion is "
-                "drawn from a busy row.**", ""]
+        out += [
+            "**WARNING: the machine was not quiet or the spread was large for the rows "
+            "marked ⚠. These figures are not quiet-machine figures; no conclusion is "
+            "drawn from a busy row.**",
+            "",
+        ]
     out += lines
-    out += ["Times in seconds: median [interquartile range] of all measured steady-state steps, "
-            "then the min–max of the per-round medians. Sampling: seconds per denoising step "
-            "(whole cascade, cond_scale 3, first call excluded). A ratio vs the reference is "
-            f"shown only when the two intervals separate over ≥ {MIN_ROUNDS} interleaved "
-            "rounds on a quiet machine.", ""]
+    out += [
+        "Times in seconds: median [interquartile range] of all measured steady-state steps, "
+        "then the min–max of the per-round medians. Sampling: seconds per denoising step "
+        "(whole cascade, cond_scale 3, first call excluded). A ratio vs the reference is "
+        f"shown only when the two intervals separate over ≥ {MIN_ROUNDS} interleaved "
+        "rounds on a quiet machine.",
+        "",
+    ]
     out.append("## Conclusions")
     out.append("")
     out += [f"- {c}" for c in conclusions] or ["- None: no comparison separated cleanly."]

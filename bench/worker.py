@@ -42,6 +42,7 @@ RECORD_PREFIX = "BENCH_RECORD "
 
 # --- thread limits -----------------------------------------------------------------------
 
+
 def limit_threads_torch(n, report):
     import torch
 
@@ -50,9 +51,11 @@ def limit_threads_torch(n, report):
         torch.set_num_interop_threads(n)
     except RuntimeError as e:  # already started (keras imported torch and ran ops)
         report["torch_interop_error"] = str(e)
-    report.update(torch_num_threads=torch.get_num_threads(),
-                  torch_num_interop_threads=torch.get_num_interop_threads(),
-                  torch_parallel_info=torch.__config__.parallel_info().splitlines()[:8])
+    report.update(
+        torch_num_threads=torch.get_num_threads(),
+        torch_num_interop_threads=torch.get_num_interop_threads(),
+        torch_parallel_info=torch.__config__.parallel_info().splitlines()[:8],
+    )
 
 
 def limit_threads_tf(n, report):
@@ -63,11 +66,14 @@ def limit_threads_tf(n, report):
         tf.config.threading.set_inter_op_parallelism_threads(n)
     except RuntimeError as e:  # the runtime was already initialised
         report["tf_threading_error"] = str(e)
-    report.update(tf_intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
-                  tf_inter_op=tf.config.threading.get_inter_op_parallelism_threads())
+    report.update(
+        tf_intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
+        tf_inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
+    )
 
 
 # --- imagen-keras ----------------------------------------------------------------------------
+
 
 def keras_case(args, record):
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -83,14 +89,16 @@ def keras_case(args, record):
     from imagen_keras import Imagen, Unet
 
     record["impl"] = f"keras/{backend}"
-    versions = dict(keras=keras.__version__, imagen_keras=imagen_keras.__version__,
-                    numpy=np.__version__)
+    versions = dict(
+        keras=keras.__version__, imagen_keras=imagen_keras.__version__, numpy=np.__version__
+    )
     if backend == "jax":
         import jax
 
         versions["jax"] = jax.__version__
-        report.update(jax_devices=[str(d) for d in jax.devices()],
-                      xla_flags=os.environ.get("XLA_FLAGS"))
+        report.update(
+            jax_devices=[str(d) for d in jax.devices()], xla_flags=os.environ.get("XLA_FLAGS")
+        )
     elif backend == "tensorflow":
         import tensorflow as tf
 
@@ -118,9 +126,12 @@ def keras_case(args, record):
         imagen = Imagen(unets, **configs.imagen_kwargs(args.config))
         a = configs.ADAM
         imagen.compile(
-            optimizer=keras.optimizers.Adam(a["lr"], beta_1=a["beta_1"], beta_2=a["beta_2"],
-                                            epsilon=a["eps"]),
-            unet_number=c["train_unet"], jit_compile=args.jit)
+            optimizer=keras.optimizers.Adam(
+                a["lr"], beta_1=a["beta_1"], beta_2=a["beta_2"], epsilon=a["eps"]
+            ),
+            unet_number=c["train_unet"],
+            jit_compile=args.jit,
+        )
         record["params"] = sum(u.count_params() for u in imagen.unets)
         record["jit_compile"] = str(imagen.jit_compile)
         return imagen
@@ -141,8 +152,9 @@ def keras_case(args, record):
         kw = {k: v for k, v in dict(verbose=0, seed=seed).items() if k in accepted}
         with warnings.catch_warnings():  # untrained stages: fine for timing
             warnings.simplefilter("ignore")
-            out = sampler.sample(text_embeds=embeds, text_masks=masks,
-                                 cond_scale=configs.COND_SCALE, **kw)
+            out = sampler.sample(
+                text_embeds=embeds, text_masks=masks, cond_scale=configs.COND_SCALE, **kw
+            )
         keras.ops.convert_to_numpy(out)  # waits for the result
 
     run_phases(args, record, build, train_step, make_sampler, sample)
@@ -150,9 +162,13 @@ def keras_case(args, record):
 
 # --- imagen-pytorch (run in its own venv) ----------------------------------------------------
 
-T5_D_MODEL = {"google/t5-v1_1-small": 512, "google/t5-v1_1-base": 768,
-              "google/t5-v1_1-large": 1024, "google/t5-v1_1-xl": 2048,
-              "google/t5-v1_1-xxl": 4096}
+T5_D_MODEL = {
+    "google/t5-v1_1-small": 512,
+    "google/t5-v1_1-base": 768,
+    "google/t5-v1_1-large": 1024,
+    "google/t5-v1_1-xl": 2048,
+    "google/t5-v1_1-xxl": 4096,
+}
 
 
 def install_offline_t5_shim():
@@ -204,15 +220,15 @@ def reference_case(args, record):
         imagen = Imagen(unets=tuple(unets), **configs.imagen_kwargs(args.config))
         unet = imagen.get_unet(c["train_unet"])
         a = configs.ADAM
-        state["opt"] = torch.optim.Adam(unet.parameters(), lr=a["lr"],
-                                        betas=(a["beta_1"], a["beta_2"]), eps=a["eps"])
+        state["opt"] = torch.optim.Adam(
+            unet.parameters(), lr=a["lr"], betas=(a["beta_1"], a["beta_2"]), eps=a["eps"]
+        )
         record["params"] = sum(p.numel() for u in imagen.unets for p in u.parameters())
         record["jit_compile"] = "eager"
         return imagen
 
     def train_step(imagen):
-        loss = imagen(images, text_embeds=embeds, text_masks=masks,
-                      unet_number=c["train_unet"])
+        loss = imagen(images, text_embeds=embeds, text_masks=masks, unet_number=c["train_unet"])
         loss.backward()
         state["opt"].step()
         state["opt"].zero_grad(set_to_none=True)
@@ -225,13 +241,15 @@ def reference_case(args, record):
     def sample(sampler, seed):
         torch.manual_seed(seed)
         with torch.no_grad():
-            sampler.sample(text_embeds=embeds, text_masks=masks,
-                           cond_scale=configs.COND_SCALE, use_tqdm=False)
+            sampler.sample(
+                text_embeds=embeds, text_masks=masks, cond_scale=configs.COND_SCALE, use_tqdm=False
+            )
 
     run_phases(args, record, build, train_step, make_sampler, sample)
 
 
 # --- shared measurement ------------------------------------------------------------------
+
 
 def run_phases(args, record, build, train_step, make_sampler, sample):
     c = configs.CONFIGS[args.config]
@@ -248,14 +266,23 @@ def run_phases(args, record, build, train_step, make_sampler, sample):
 
     with measure.LoadMonitor() as mon:
         walls, cpus, reason = measure.steady_steps(
-            lambda: train_step(imagen), args.min_steps, args.max_steps, args.budget_s)
-    record["train"] = dict(wall_s=[round(w, 4) for w in walls], cpu_s=[round(x, 4) for x in cpus],
-                           stop=reason, load=mon.result)
+            lambda: train_step(imagen), args.min_steps, args.max_steps, args.budget_s
+        )
+    record["train"] = dict(
+        wall_s=[round(w, 4) for w in walls],
+        cpu_s=[round(x, 4) for x in cpus],
+        stop=reason,
+        load=mon.result,
+    )
 
     steps = args.sample_steps or c["sample_steps"]
     n_calls = steps * len(c["image_sizes"])  # denoising steps over all stages
-    record["sample_config"] = dict(steps_per_unet=steps, unets=len(c["image_sizes"]),
-                                   cond_scale=configs.COND_SCALE, reps=args.sample_reps)
+    record["sample_config"] = dict(
+        steps_per_unet=steps,
+        unets=len(c["image_sizes"]),
+        cond_scale=configs.COND_SCALE,
+        reps=args.sample_reps,
+    )
     sampler = make_sampler(imagen, steps)
     with measure.Timer() as t:
         sample(sampler, 0)
@@ -267,8 +294,11 @@ def run_phases(args, record, build, train_step, make_sampler, sample):
                 sample(sampler, rep + 1)
             walls.append(t.wall / n_calls)
             cpus.append(t.cpu / n_calls)
-    record["sample"] = dict(wall_s_per_step=[round(w, 4) for w in walls],
-                            cpu_s_per_step=[round(x, 4) for x in cpus], load=mon.result)
+    record["sample"] = dict(
+        wall_s_per_step=[round(w, 4) for w in walls],
+        cpu_s_per_step=[round(x, 4) for x in cpus],
+        load=mon.result,
+    )
 
 
 def main():
@@ -282,12 +312,19 @@ def main():
     p.add_argument("--min-steps", type=int, default=6)
     p.add_argument("--max-steps", type=int, default=40)
     p.add_argument("--budget-s", type=float, default=120.0)
-    p.add_argument("--sample-steps", type=int, default=None,
-                   help="sampling steps per unet (default: the config's)")
+    p.add_argument(
+        "--sample-steps",
+        type=int,
+        default=None,
+        help="sampling steps per unet (default: the config's)",
+    )
     p.add_argument("--sample-reps", type=int, default=2)
     p.add_argument("--jit", default="auto", help="keras only: jit_compile for compile()")
-    p.add_argument("--cpus", default=None,
-                   help="comma-separated CPU ids to pin this process to (sched_setaffinity)")
+    p.add_argument(
+        "--cpus",
+        default=None,
+        help="comma-separated CPU ids to pin this process to (sched_setaffinity)",
+    )
     args = p.parse_args()
     if args.jit in ("true", "false"):
         args.jit = args.jit == "true"
@@ -295,13 +332,21 @@ def main():
     if args.cpus:  # before any library starts its threads
         os.sched_setaffinity(0, {int(x) for x in args.cpus.split(",")})
     record = dict(
-        kind="measurement", date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=args.config,
-        batch=args.batch, threads=args.threads, round=args.round,
+        kind="measurement",
+        date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        config=args.config,
+        batch=args.batch,
+        threads=args.threads,
+        round=args.round,
         machine=measure.machine_info(),
-        threads_set=dict({k: os.environ.get(k) for k in measure.THREAD_ENV_VARS},
-                         affinity=sorted(os.sched_getaffinity(0))),
-        threads_reported={}, argv=sys.argv[1:],
-        impl="imagen-pytorch" if args.impl == "reference"
+        threads_set=dict(
+            {k: os.environ.get(k) for k in measure.THREAD_ENV_VARS},
+            affinity=sorted(os.sched_getaffinity(0)),
+        ),
+        threads_reported={},
+        argv=sys.argv[1:],
+        impl="imagen-pytorch"
+        if args.impl == "reference"
         else "keras/" + os.environ.get("KERAS_BACKEND", "tensorflow"),
     )
     t0 = time.perf_counter()
@@ -311,8 +356,11 @@ def main():
         except Exception as e:  # the record says what failed; the driver keeps going
             record["error"] = f"{type(e).__name__}: {e}"
             record["traceback"] = traceback.format_exc()[-3000:]
-    record.update(total_wall_s=round(time.perf_counter() - t0, 2),
-                  peak_rss_mb=measure.peak_rss_mb(), load=whole.result)
+    record.update(
+        total_wall_s=round(time.perf_counter() - t0, 2),
+        peak_rss_mb=measure.peak_rss_mb(),
+        load=whole.result,
+    )
     print(RECORD_PREFIX + json.dumps(record), flush=True)
 
 
