@@ -132,6 +132,53 @@ def tf_apply_in_replica_context(optimizer, grads, trainable_variables=None):
     )
 
 
+def first_replica_batch(epoch_iterator, strategy):
+    """The first batch of Keras' TensorFlow epoch iterator, as one replica's tensors.
+
+    Keras (3.15) builds a model under a strategy from `strategy.reduce("MEAN", batch)`
+    over the whole nest, which `MultiWorkerMirroredStrategy` refuses for a dict of
+    per-replica tensors ("Attempt to convert a value ({'images': PerReplica...").
+    The shapes are all the build needs, and one replica's tensors have them.
+    """
+    import tensorflow as tf
+
+    for _, _, iterator in epoch_iterator:
+        batch = next(iterator)
+        break
+
+    def one_replica(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    return keras.tree.map_structure(one_replica, batch)
+
+
+def multi_worker_step_logs(model, logs):
+    """A TensorFlow train/test step's logs, shaped for `MultiWorkerMirroredStrategy`.
+
+    Keras (3.15) reduces the logs of a multi-worker step with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar loss and metrics
+    every model returns ("Invalid reduction dimension 0 for input with 0 dimensions").
+    Given a leading axis of one per replica, that reduction is the mean over the
+    replicas: a scalar again, as on one device. Other strategies and backends: unchanged.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None or keras.backend.backend() != "tensorflow":
+        return logs
+    import tensorflow as tf
+
+    multi_worker = (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
+    if not multi_worker:
+        return logs
+    return keras.tree.map_structure(
+        lambda v: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0 else v, logs
+    )
+
+
 def gfile():
     """TensorFlow's `tf.io.gfile`, which reads and writes URLs (gs://, s3://, ...)."""
     try:

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from imagen_keras.backend import set_trainable
+from imagen_keras.backend import first_replica_batch, multi_worker_step_logs, set_trainable
 from imagen_keras.cascade_inputs import (
     INPUT_KEYS,
     CascadeInputs,
@@ -482,6 +482,19 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
         return encode_texts_in_data(
             data, self.encode_text, embed_dim=self.text_embed_dim, length=self.max_text_len
         )
+
+    def train_step(self, *args, **kwargs):
+        return multi_worker_step_logs(self, super().train_step(*args, **kwargs))
+
+    def test_step(self, *args, **kwargs):
+        return multi_worker_step_logs(self, super().test_step(*args, **kwargs))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # TensorFlow trainer only: see `backend.first_replica_batch`.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is not None and iterator is not None and data_batch is None:
+            data_batch, iterator = first_replica_batch(iterator, strategy), None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, x=None, y=None, *args, validation_data=None, callbacks=None, **kwargs):
         """`keras.Model.fit`; data with a "texts" key (dict of arrays or batched

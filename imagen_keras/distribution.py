@@ -363,6 +363,18 @@ def num_replicas():
     return 1
 
 
+def is_multi_process():
+    """True when this process is one of several of one training run: TF_CONFIG names
+    several tasks (TensorFlow) or `KERAS_DISTRIBUTION_NUM_PROCESSES` is above 1 (JAX)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        cluster, _ = _tf_config_tasks()
+        return sum(len(tasks) for tasks in cluster.values()) > 1
+    if backend == "jax":
+        return int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES") or 1) > 1
+    return False
+
+
 def is_chief():
     """True in the one process that writes checkpoints, sample grids and logs.
 

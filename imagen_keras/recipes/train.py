@@ -19,7 +19,9 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 
+from imagen_keras.distribution import is_multi_process
 from imagen_keras.recipes import runs
 from imagen_keras.recipes.config import ConfigError, RecipeConfig, load_recipe
 
@@ -151,10 +153,14 @@ def run(recipe, unet=None, output_dir=None, verbose=True):
     overrides = prepare_text_encoder(recipe, text_folder, dataset, prompts)
     if verbose and scope.strategy is not None:
         print(f"Distribution: {scope.name} over {scope.num_replicas} replicas")
-    with scope:
-        return _train_in_scope(
-            recipe, unet, output_dir, dataset, prompts, overrides, verbose, start
-        )
+    try:
+        with scope:
+            return _train_in_scope(
+                recipe, unet, output_dir, dataset, prompts, overrides, verbose, start
+            )
+    finally:
+        if not chief:
+            shutil.rmtree(text_folder, ignore_errors=True)
 
 
 def _train_in_scope(recipe, unet, output_dir, dataset, prompts, overrides, verbose, start):
@@ -337,6 +343,15 @@ def train_from_args(args):
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        if not is_multi_process():
+            raise
+        # A failed TensorFlow multi-worker process otherwise hangs in its teardown (its
+        # collective-ops server keeps running): print the error and end at once.
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     return 130 if result["interrupted"] else 0
 
 

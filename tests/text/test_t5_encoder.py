@@ -79,9 +79,7 @@ def test_reloaded_preset_matches_keras_hub_backbone(tiny_preset, tiny_encoder):
     # Unpadded batch of one through the whole backbone against the padded
     # batch through the encoder: the same maths, summed in another order
     # (TensorFlow on CI differed by 1.2e-6 on one value of 112).
-    np.testing.assert_allclose(
-        embeds[:1, : ids.shape[1]], expected, rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(embeds[:1, : ids.shape[1]], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_fingerprint_depends_on_max_length_and_weights(tiny_encoder):
