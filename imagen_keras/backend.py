@@ -5,6 +5,8 @@ variables passed explicitly (JAX is stateless), `tf.function` on TensorFlow, and
 `torch.no_grad` eager execution on PyTorch.
 """
 
+import os
+
 import keras
 
 
@@ -177,6 +179,44 @@ def multi_worker_step_logs(model, logs):
     return keras.tree.map_structure(
         lambda v: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0 else v, logs
     )
+
+
+COMPILATION_CACHE_VARIABLE = "IMAGEN_KERAS_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(path=None):
+    """JAX: keep compiled XLA programs on disk, so that the next process skips compiling.
+
+    Building and training a model on JAX compiles many XLA programs (one initializer
+    per weight shape, the train step, each sampling loop); a process that builds the
+    same model again (a resumed run, `imagen --model ...`, the next stage) then loads
+    them from JAX's persistent compilation cache instead. Small programs are cached too
+    (by default JAX keeps only those that took over a second to compile).
+
+    `path` defaults to the `IMAGEN_KERAS_COMPILATION_CACHE` environment variable, else
+    `$XDG_CACHE_HOME/imagen_keras/jax` (`~/.cache/imagen_keras/jax`); an empty
+    variable turns the cache off. A cache directory the user already gave JAX
+    (`jax_compilation_cache_dir`) is kept. The training and sampling commands call
+    this first. Returns the directory in use, or None (off, or not the JAX backend:
+    TensorFlow and torch have no such cache).
+    """
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    if path is None:
+        path = os.environ.get(COMPILATION_CACHE_VARIABLE)
+    if path is None:
+        cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        path = os.path.join(cache_home, "imagen_keras", "jax")
+    if not path:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return str(path)
 
 
 def gfile():

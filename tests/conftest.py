@@ -6,6 +6,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KAGGLE_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No JAX compilation cache in ~/.cache from the commands tests run (in-process and in
+# subprocesses); tests/test_compilation_cache.py turns it on in a folder of its own.
+os.environ.setdefault("IMAGEN_KERAS_COMPILATION_CACHE", "")
 # Tests run tiny models, where XLA's CPU compile time dominates: compile cheaply (about 2x
 # faster JAX tests; numerics are unaffected).
 os.environ.setdefault(

@@ -95,6 +95,9 @@ def generate(args):
 
 
 def sample_from_args(args):
+    from imagen_keras.backend import enable_compilation_cache
+
+    enable_compilation_cache()
     try:
         generate(args)
     except (ValueError, FileNotFoundError) as err:

@@ -337,6 +337,9 @@ def add_train_arguments(parser):
 
 def train_from_args(args):
     """Run `args` (from `add_train_arguments`); returns the process exit code."""
+    from imagen_keras.backend import enable_compilation_cache
+
+    enable_compilation_cache()
     try:
         recipe = load_recipe(args.config, args.overrides)
         result = run(recipe, unet=args.unet, output_dir=args.output, verbose=not args.quiet)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import yaml
@@ -132,7 +133,9 @@ def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path, pr
     folder = tmp_path / "run"
     command = [sys.executable, "-m", "imagen_keras.recipes.train", "--config", recipe]
     command += ["--output", str(folder)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The command turns on JAX's compilation cache: the resumed runs load from it.
+    cache = tmp_path / "jax_cache"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", IMAGEN_KERAS_COMPILATION_CACHE=str(cache))
     checkpoints = folder / "checkpoints"
     # A background job of a non-interactive shell (how CI starts the suite) inherits
     # SIGINT ignored, and Python then installs no Ctrl-C handler: give the child the
@@ -153,6 +156,8 @@ def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path, pr
     out, _ = process.communicate(timeout=300)
     assert process.returncode == 130, out[-3000:]
     assert "Interrupted at step" in out
+    cached = os.listdir(cache) if cache.exists() else []
+    assert (len(cached) > 10) == (keras.backend.backend() == "jax"), cached
     interrupted_at = max(int(name.split(".")[1]) for name in os.listdir(checkpoints))
     assert interrupted_at >= 2
 
