@@ -21,7 +21,6 @@ import tempfile
 import time
 import traceback
 
-from imagen_keras.distribution import is_multi_process
 from imagen_keras.recipes import runs
 from imagen_keras.recipes.config import ConfigError, RecipeConfig, load_recipe
 
@@ -347,6 +346,8 @@ def train_from_args(args):
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception:
+        from imagen_keras.distribution import is_multi_process
+
         if not is_multi_process():
             raise
         # A failed TensorFlow multi-worker process otherwise hangs in its teardown (its
