@@ -185,8 +185,7 @@ def _tensorflow_scope(strategy, devices):
             f"Received: devices={devices!r}"
         )
     if strategy == "auto":
-        cluster, _ = _tf_config_tasks()
-        if sum(len(tasks) for tasks in cluster.values()) > 1:
+        if is_multi_process():
             strategy = "multi_worker"
         elif devices is not None or len(tf.config.list_logical_devices("GPU")) > 1:
             strategy = "mirrored"
