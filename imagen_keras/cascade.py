@@ -8,6 +8,8 @@ text encoder, the one `sample()` signature and serialization. Input checks are i
 `_sampler_settings` and `_sample_stage` (one stage's sampler).
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -272,6 +274,12 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
         optimizer = loss_scaled(optimizer, policy)
         self.stage_optimizers.optimizers[unet_number - 1] = optimizer
         super().compile(optimizer=optimizer, loss=loss or PassThroughLoss(), **kwargs)
+        if not self.optimizer.built:
+            # Now, not inside the first traced train step: TensorFlow traces a function
+            # that creates variables twice (the demo's first step took 60 s instead of 30).
+            strategy = getattr(self, "_distribute_strategy", None)  # TF's, when compiled in one
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                self.optimizer.build(self.trainable_variables)
 
     def get_compile_config(self):
         # With the stage, a loaded `.keras` file is compiled for the same stage and gets
@@ -283,9 +291,7 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)  # its state is loaded next
+        self.compile(**config)  # builds the optimizer: its state is loaded next
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # `call` returns the diffusion loss; the built-in path tracks and scales it.
