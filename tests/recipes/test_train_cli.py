@@ -183,3 +183,40 @@ def test_interrupted_and_killed_runs_continue_with_the_same_command(tmp_path, pr
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+
+
+def test_recipe_trains_on_an_image_folder_with_sidecar_captions(tmp_path):
+    """`data.source: folder`: the recipe reads the folder's images and captions, builds
+    its tiny T5 from those captions and samples its grid from them."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    captions = {"zebra": "a striped zebra", "flamingo": "a pink flamingo"}
+    for index in range(6):
+        word = "zebra" if index % 2 else "flamingo"
+        pixels = rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / f"{word}_{index}.png")
+        (photos / f"{word}_{index}.txt").write_text(captions[word])
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["data"] = {"source": "folder", "folder": str(photos), "captions": "sidecar"}
+    config["train"].update(steps=2, checkpoint_every=2, sample_every=None)
+    config["sample"]["prompts"] = None  # the grid's prompts come from the data
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(config))
+    folder = str(tmp_path / "run")
+    result = run(load_recipe(str(path)), output_dir=folder, verbose=False)
+    assert result["steps"] == 2 and os.path.basename(result["checkpoint"]) == "checkpoint.2.zip"
+    recipe = checkpoint_metadata(result["checkpoint"])["extra"]["recipe"]
+    assert recipe["data"]["source"] == "folder"
+    # The tiny T5's vocabulary was learnt from the folder's captions: their words are
+    # known pieces, a word it never saw is not.
+    from imagen_keras.recipes.runs import load_trained_cascade
+
+    cascade, _ = load_trained_cascade(folder)
+    tokenizer = cascade.text_encoder.tokenizer
+    unk = tokenizer.token_to_id("<unk>")
+    for caption in captions.values():
+        assert unk not in keras.ops.convert_to_numpy(tokenizer(caption)).tolist(), caption
+    assert unk in keras.ops.convert_to_numpy(tokenizer("quixotic")).tolist()
+    grid = Image.open(os.path.join(folder, "samples.png"))
+    assert grid.size[0] >= 2 * 64  # one column per distinct caption of the folder
