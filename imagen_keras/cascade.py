@@ -276,7 +276,7 @@ class Cascade(AtomicSaveMixin, CascadeInputs, keras.Model):
         super().compile(optimizer=optimizer, loss=loss or PassThroughLoss(), **kwargs)
         if not self.optimizer.built:
             # Now, not inside the first traced train step: TensorFlow traces a function
-            # that creates variables twice (the demo's first step took 60 s instead of 30).
+            # that creates variables twice (the demo's first step took 62 s instead of 36).
             strategy = getattr(self, "_distribute_strategy", None)  # TF's, when compiled in one
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 self.optimizer.build(self.trainable_variables)
