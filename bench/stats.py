@@ -100,6 +100,91 @@ def compare(a, b, a_name="A", b_name="B", busy=False):
     return dict(kind="none", ratio=None, text="no conclusion: intervals overlap")
 
 
+# Issue #16's targets, as fractions of the reference's time per step.
+TARGETS = dict(train_best=0.5, train_every=1.0, sample_best=0.33)
+
+
+def against_target(a, ref, factor, busy=False):
+    """Is `a` at most `factor` x the reference? dict(kind, ratio, text); kind is "met"
+    (a's whole interval below factor x the reference's), "missed" (above it) or "none"
+    (the intervals straddle it, fewer than `MIN_ROUNDS` rounds, or a busy machine).
+    `ratio` (medians of round medians) is always given when both were measured."""
+    if a is None or ref is None:
+        return dict(kind="none", ratio=None, text="not measured")
+    ratio = statistics.median(a["round_medians"]) / statistics.median(ref["round_medians"])
+    if min(a["rounds"], ref["rounds"]) < MIN_ROUNDS:
+        return dict(kind="none", ratio=ratio, text=f"fewer than {MIN_ROUNDS} rounds")
+    if busy:
+        return dict(kind="none", ratio=ratio, text="machine not quiet")
+    (a_lo, a_hi), (r_lo, r_hi) = a["interval"], ref["interval"]
+    if a_hi < factor * r_lo:
+        return dict(kind="met", ratio=ratio, text=f"{ratio:.2f}x")
+    if a_lo > factor * r_hi:
+        return dict(kind="missed", ratio=ratio, text=f"{ratio:.2f}x")
+    return dict(kind="none", ratio=ratio, text=f"{ratio:.2f}x, intervals straddle {factor}x")
+
+
+_MARK = {"met": "✓ met", "missed": "✗ missed", "none": "? undetermined"}
+
+
+def _best_of(verdicts):
+    """Target met by the best implementation: met if any met, missed if all missed."""
+    kinds = {v["kind"] for v in verdicts.values()}
+    kind = "met" if "met" in kinds else "missed" if kinds == {"missed"} else "none"
+    shown = [(v["ratio"], impl, v) for impl, v in verdicts.items() if v["ratio"] is not None]
+    if not shown:
+        return f"{_MARK[kind]} (not measured)"
+    ratio, impl, v = min(shown, key=lambda x: x[0])
+    return f"{_MARK[kind]}: best {impl} {v['text']}"
+
+
+def _every_of(verdicts):
+    """Target met by every implementation: missed if any missed, met if all met."""
+    kinds = {v["kind"] for v in verdicts.values()}
+    kind = "missed" if "missed" in kinds else "met" if kinds == {"met"} else "none"
+    shown = [(v["ratio"], impl, v) for impl, v in verdicts.items() if v["ratio"] is not None]
+    if not shown:
+        return f"{_MARK[kind]} (not measured)"
+    ratio, impl, v = max(shown, key=lambda x: x[0])
+    return f"{_MARK[kind]}: worst {impl} {v['text']}"
+
+
+def targets_row(summaries):
+    """One markdown row's cells (without the group label) of the issue #16 targets for
+    one (config, batch, threads) group: {impl: summarize_impl(...)}."""
+    ref = summaries.get(REFERENCE)
+    ours = {impl: s for impl, s in summaries.items() if impl != REFERENCE}
+    if ref is None or not ours:
+        return ["? no reference measured"] * 4
+
+    def verdicts(metric, factor):
+        return {
+            impl: against_target(
+                s[metric], ref[metric], factor, busy=bool(s["busy"] or ref["busy"])
+            )
+            for impl, s in ours.items()
+        }
+
+    rss_ref = ref["peak_rss_mb"]
+    over = [
+        f"{impl} {s['peak_rss_mb']:.0f}"
+        for impl, s in ours.items()
+        if rss_ref and s["peak_rss_mb"] and s["peak_rss_mb"] > rss_ref
+    ]
+    if not rss_ref:
+        rss = "? undetermined (no reference figure)"
+    elif over:
+        rss = f"✗ missed: {', '.join(over)} MB > reference {rss_ref:.0f} MB"
+    else:
+        rss = f"✓ met: all ≤ reference {rss_ref:.0f} MB"
+    return [
+        _best_of(verdicts("train", TARGETS["train_best"])),
+        _every_of(verdicts("train", TARGETS["train_every"])),
+        _best_of(verdicts("sample", TARGETS["sample_best"])),
+        rss,
+    ]
+
+
 # --- records --------------------------------------------------------------------------------
 
 
@@ -222,9 +307,23 @@ def _verdict_cell(v):
     return f"**{v['ratio']:.2f}x** ({v['kind']})"
 
 
-def report(records, header=None):
-    """Markdown report: one table per (config, batch, threads), warnings and conclusions."""
-    lines, warnings, conclusions = [], [], []
+def achieved_flops(s, flops, config, batch):
+    """'GFLOP/s (% of peak)' of one implementation's median train step, from `flops` (the
+    JSON of `bench/flops.py`); '-' when the config or the step time is unknown."""
+    step_flops = (flops.get("train_step_flops") or {}).get(f"{config}/{batch}")
+    if not step_flops or not s["train"] or not s["train"]["median"]:
+        return "-"
+    gflops = step_flops / s["train"]["median"] / 1e9
+    peak = max((flops.get("matmul_peak_gflops") or {}).values(), default=None)
+    return f"{gflops:.3g}" + (f" ({gflops / peak:.0%})" if peak else "")
+
+
+def report(records, header=None, flops=None):
+    """Markdown report: one table per (config, batch, threads), warnings and conclusions.
+
+    `flops` (optional, the JSON written by `bench/flops.py`) adds each implementation's
+    achieved train-step GFLOP/s and its share of the machine's float32 matmul peak."""
+    lines, warnings, conclusions, target_lines = [], [], [], []
     header = header or {}
     groups = group_records(records)
     for (config, batch, threads), impls in sorted(groups.items()):
@@ -232,13 +331,20 @@ def report(records, header=None):
             f"### {config}, batch {batch}, {threads} thread(s)",
             "",
             "| implementation | train s/step: median [IQR] (round medians) "
-            "| train CPU s/step (CPU/wall) | OS threads | first step s "
+            "| train CPU s/step (CPU/wall) "
+            + ("| train GFLOP/s (% of matmul peak) " if flops else "")
+            + "| OS threads | first step s "
             "| train vs reference | sample s/step: median [IQR] (round medians) "
             "| sample CPU s/step (CPU/wall) | sample vs reference | 1st sample call s "
             "| peak RSS MB | flags |",
-            "|---" * 12 + "|",
+            "|---" * (13 if flops else 12) + "|",
         ]
         summaries = {impl: summarize_impl(recs) for impl, recs in impls.items()}
+        target_lines.append(
+            f"| {config}, batch {batch}, {threads} thread(s) | "
+            + " | ".join(targets_row(summaries))
+            + " |"
+        )
         ref = summaries.get(REFERENCE)
         order = [i for i in IMPL_ORDER if i in summaries] + sorted(
             i for i in summaries if i not in IMPL_ORDER
@@ -288,7 +394,9 @@ def report(records, header=None):
                 "-" if not s["sample_first_call"] else (f"{s['sample_first_call']['median']:.3g}")
             )
             lines.append(
-                f"| {impl} | {_fig(s['train'])} | {_util(s)} | {os_threads} | {first} "
+                f"| {impl} | {_fig(s['train'])} | {_util(s)} "
+                + (f"| {achieved_flops(s, flops, config, batch)} " if flops else "")
+                + f"| {os_threads} | {first} "
                 f"| {cells['train']} | {_fig(s['sample'])} | {_util(s, 'sample')} "
                 f"| {cells['sample']} | {first_sample} "
                 f"| {s['peak_rss_mb'] or '-'} | {' '.join(flags)} |"
@@ -299,6 +407,12 @@ def report(records, header=None):
     for key in ("date", "machine", "versions", "command", "label"):
         if header.get(key):
             out.append(f"- **{key}**: {header[key]}")
+    if flops:
+        out.append(
+            f"- **FLOPs**: train-step FLOPs from XLA's cost analysis of the keras/JAX step "
+            f"(`bench/flops.py`, {flops.get('date')}); float32 matmul peak "
+            f"{flops.get('matmul_peak_gflops')} GFLOP/s with {flops.get('threads')} thread(s)"
+        )
     out.append("")
     if warnings:
         out += [
@@ -314,6 +428,23 @@ def report(records, header=None):
         "(whole cascade, cond_scale 3, first call excluded). A ratio vs the reference is "
         f"shown only when the two intervals separate over ≥ {MIN_ROUNDS} interleaved "
         "rounds on a quiet machine.",
+        "",
+    ]
+    out += [
+        "## Targets of issue #16",
+        "",
+        f"Train step: best backend ≤ {TARGETS['train_best']}x and every backend ≤ "
+        f"{TARGETS['train_every']}x the reference's; sampling: best backend ≤ "
+        f"{TARGETS['sample_best']}x; peak RSS ≤ the reference's. ✓ met / ✗ missed: the "
+        "implementation's whole interval (round medians and IQR) lies below / above the "
+        "target times the reference's interval; ? undetermined otherwise. The ratio shown "
+        "is that of the medians of round medians.",
+        "",
+        "| config | train, best (≤ "
+        f"{TARGETS['train_best']}x) | train, every backend (≤ {TARGETS['train_every']}x) "
+        f"| sampling, best (≤ {TARGETS['sample_best']}x) | peak RSS (≤ reference) |",
+        "|---" * 5 + "|",
+        *target_lines,
         "",
     ]
     out.append("## Conclusions")

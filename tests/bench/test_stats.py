@@ -151,6 +151,73 @@ class ReportTest(unittest.TestCase):
         )
 
 
+def targets_md(recs):
+    md = stats.report(recs)
+    section = md.split("## Targets of issue #16")[1].split("## Conclusions")[0]
+    return [line for line in section.splitlines() if line.startswith("| tiny64")][0]
+
+
+class TargetsTest(unittest.TestCase):
+    TF = "keras/tensorflow"
+
+    def recs(self, jax, tf, jax_sample=None, ref_rss=1000.0, jax_rss=1000.0, jax_load=0.2):
+        out = []
+        for rnd in (1, 2):
+            ref = record(REF, rnd, [2.0, 2.05, 2.1], sample=[1.0, 1.0, 1.0])
+            ref["peak_rss_mb"] = ref_rss
+            j = record(JAX, rnd, jax, sample=jax_sample or [0.3, 0.3, 0.3], load=jax_load)
+            j["peak_rss_mb"] = jax_rss
+            out += [ref, j, record(self.TF, rnd, tf, sample=[0.9, 0.9, 0.9])]
+        return out
+
+    def test_met_when_whole_interval_is_below_the_target(self):
+        row = targets_md(self.recs(jax=[0.9, 0.95, 0.98], tf=[1.5, 1.5, 1.6]))
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        self.assertTrue(cells[0].startswith("✓ met: best keras/jax 0.46x"), cells[0])
+        self.assertTrue(cells[1].startswith("✓ met: worst keras/tensorflow 0.73x"), cells[1])
+        self.assertTrue(cells[2].startswith("✓ met: best keras/jax 0.30x"), cells[2])
+        self.assertTrue(cells[3].startswith("✓ met"), cells[3])
+
+    def test_missed_and_undetermined(self):
+        # jax straddles 0.5x of the reference (0.95-1.1 vs 1.0-1.05), tf is 1.25x: slower.
+        recs = self.recs(
+            jax=[0.95, 1.0, 1.1], tf=[2.5, 2.5, 2.6], jax_sample=[0.5, 0.5, 0.5], jax_rss=1500.0
+        )
+        cells = [c.strip() for c in targets_md(recs).split("|")[2:-1]]
+        self.assertTrue(cells[0].startswith("? undetermined: best keras/jax 0.49x"), cells[0])
+        self.assertTrue(cells[1].startswith("✗ missed: worst keras/tensorflow 1.22x"), cells[1])
+        self.assertTrue(cells[2].startswith("✗ missed: best keras/jax 0.50x"), cells[2])
+        self.assertEqual(cells[3], "✗ missed: keras/jax 1500 MB > reference 1000 MB")
+
+    def test_busy_machine_is_never_met(self):
+        recs = self.recs(jax=[0.5, 0.5, 0.5], tf=[0.5, 0.5, 0.5], jax_load=4.0)
+        cells = [c.strip() for c in targets_md(recs).split("|")[2:-1]]
+        self.assertTrue(cells[1].startswith("? undetermined"), cells[1])
+        self.assertIn("machine not quiet", targets_md(recs))
+
+
+class FlopsTest(unittest.TestCase):
+    def test_achieved_gflops_column(self):
+        recs = [record(REF, r, [2.0, 2.0, 2.0]) for r in (1, 2)]
+        recs += [record(JAX, r, [0.5, 0.5, 0.5]) for r in (1, 2)]
+        flops = dict(
+            train_step_flops={"tiny64/4": 50e9},
+            matmul_peak_gflops={"numpy": 80.0, "torch": 100.0},
+            threads=2,
+            date="today",
+        )
+        md = stats.report(recs, flops=flops)
+        self.assertIn("train GFLOP/s (% of matmul peak)", md)
+        rows = {line.split("|")[1].strip(): line for line in md.splitlines() if "| " in line}
+        self.assertIn("| 25 (25%) |", rows[REF])  # 50 GFLOP in 2 s, peak 100 GFLOP/s
+        self.assertIn("| 100 (100%) |", rows[JAX])
+        self.assertIn("matmul peak {'numpy': 80.0, 'torch': 100.0} GFLOP/s", md)
+        # no FLOPs for this config: a dash, never a made-up figure
+        other = dict(flops, train_step_flops={"digits32/4": 1e9})
+        self.assertIn("| - |", stats.report(recs, flops=other))
+        self.assertNotIn("GFLOP/s", stats.report(recs))
+
+
 class NoBackendImportTest(unittest.TestCase):
     def test_bench_helpers_import_no_framework(self):
         code = (
