@@ -49,6 +49,43 @@ def compile_inference_function(model, fn):
     )
 
 
+def conv2d(inputs, kernel, strides, padding, dilation_rate, groups=1):
+    """`keras.ops.conv` of a channels-last (NHWC) feature map and an HWIO kernel.
+
+    On torch, Keras turns the NHWC input into a contiguous NCHW tensor and then back into
+    channels-last memory for oneDNN: two copies of the feature map per convolution, and
+    more in the backward pass. A permuted view of a contiguous NHWC tensor already is an
+    NCHW tensor in channels-last memory, so here it goes to `torch.nn.functional.conv2d`
+    as it is (stride-1 "same" convolutions with odd kernels, and "valid" ones). Other
+    backends, and other cases, use `keras.ops.conv`.
+    """
+    strides, dilation_rate = tuple(strides), tuple(dilation_rate)
+    if keras.backend.backend() == "torch" and dilation_rate == (1, 1) and groups == 1:
+        kh, kw = kernel.shape[0], kernel.shape[1]
+        if padding == "valid":
+            pad = (0, 0)
+        elif padding == "same" and strides == (1, 1) and kh % 2 == 1 and kw % 2 == 1:
+            pad = (kh // 2, kw // 2)
+        else:
+            pad = None
+        if pad is not None:
+            import torch
+
+            x = keras.ops.convert_to_tensor(inputs).permute(0, 3, 1, 2)
+            w = keras.ops.convert_to_tensor(kernel).permute(3, 2, 0, 1)
+            w = w.contiguous(memory_format=torch.channels_last)
+            out = torch.nn.functional.conv2d(x, w, stride=strides, padding=pad)
+            return out.permute(0, 2, 3, 1)
+    return keras.ops.conv(
+        inputs,
+        kernel,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format="channels_last",
+    )
+
+
 def is_concrete(x):
     """True when `x` holds values now (eager), False inside a trace or for a KerasTensor."""
     if isinstance(x, keras.KerasTensor):

@@ -11,7 +11,7 @@ import keras
 from keras import ops
 
 from imagen_keras.layers.attention import TransformerBlock
-from imagen_keras.layers.common import cast_tuple, conv2d, dense
+from imagen_keras.layers.common import Conv2D, cast_tuple, conv2d, dense
 from imagen_keras.layers.embeddings import LearnedSinusoidalPosEmb
 from imagen_keras.layers.perceiver import PerceiverResampler
 from imagen_keras.layers.resnet import ResnetBlock
@@ -520,7 +520,7 @@ class Unet(keras.Model):
                 dtype=d,
                 name="final_res_block",
             )
-        self.final_conv = keras.layers.Conv2D(
+        self.final_conv = Conv2D(
             self.resolved_channels_out,
             self.final_conv_kernel_size,
             padding="same",

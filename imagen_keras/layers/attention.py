@@ -92,7 +92,10 @@ class Attention(_QKScale):
     def call(self, x, context=None):
         b = ops.shape(x)[0]
         x = self.norm(x)
-        q = _split_heads(self.to_q(x), self.heads)
+        # Every head attends to the same single-head keys and values, so the heads fold
+        # into the query positions: (b, n * heads, d) against (b, j, d) is one batched
+        # matmul, with none of the head transposes that multi-head attention needs.
+        q = ops.reshape(self.to_q(x), (b, -1, self.dim_head))
         k, v = ops.split(self.to_kv(x), 2, axis=-1)
         null_kv = ops.cast(self.null_kv, x.dtype)
         nk = ops.broadcast_to(null_kv[0][None, None], (b, 1, self.dim_head))
@@ -104,9 +107,9 @@ class Attention(_QKScale):
             ck, cv = ops.split(self.to_context(self.to_context_norm(context)), 2, axis=-1)
             k, v = ops.concatenate([ck, k], axis=1), ops.concatenate([cv, v], axis=1)
         q, k = self._cosine_qk(q, k)
-        sim = ops.einsum("bhid,bjd->bhij", q, k) * self.scale
+        sim = ops.einsum("bid,bjd->bij", q, k) * self.scale
         attn = _softmax_f32(sim)
-        out = _merge_heads(ops.einsum("bhij,bjd->bhid", attn, v))
+        out = ops.reshape(ops.matmul(attn, v), (b, -1, self.heads * self.dim_head))
         return self.to_out_norm(self.to_out(out))
 
     def get_config(self):

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from imagen_keras.backend import conv2d as conv2d_op
+
 
 def torch_kernel_initializer():
     """The default weight init of `torch.nn.Linear`/`Conv2d` (kaiming uniform, a=sqrt(5)).
@@ -26,6 +28,19 @@ def dense(units, *, use_bias=True, name=None, dtype=None, kernel_initializer=Non
     )
 
 
+@keras.saving.register_keras_serializable(package="imagen_keras")
+class Conv2D(keras.layers.Conv2D):
+    """A channels-last `keras.layers.Conv2D` whose convolution is `backend.conv2d`
+    (on torch: without the two layout copies of the feature map that Keras makes)."""
+
+    def convolution_op(self, inputs, kernel):
+        if self.data_format != "channels_last":
+            return super().convolution_op(inputs, kernel)
+        return conv2d_op(
+            inputs, kernel, self.strides, self.padding, self.dilation_rate, self.groups
+        )
+
+
 def conv2d(filters, kernel_size, *, strides=1, use_bias=True, name=None, dtype=None):
     """A channels-last `keras.layers.Conv2D` initialised like `torch.nn.Conv2d`.
 
@@ -33,7 +48,7 @@ def conv2d(filters, kernel_size, *, strides=1, use_bias=True, name=None, dtype=N
     `padding=k // 2`. Strided convolutions are padded explicitly by their callers so that
     every backend pads exactly as the reference does.
     """
-    return keras.layers.Conv2D(
+    return Conv2D(
         filters,
         kernel_size,
         strides=strides,

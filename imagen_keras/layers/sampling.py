@@ -4,7 +4,7 @@ convolutions, upsampling, and the upsample combiner."""
 import keras
 from keras import ops
 
-from imagen_keras.layers.common import conv2d, torch_kernel_initializer
+from imagen_keras.layers.common import Conv2D, conv2d, torch_kernel_initializer
 from imagen_keras.layers.resnet import Block
 
 
@@ -99,7 +99,7 @@ class CrossEmbedLayer(keras.layers.Layer):
         scales = [int(dim_out / (2**i)) for i in range(1, len(kernel_sizes))]
         scales.append(dim_out - sum(scales))
         self.convs = [
-            keras.layers.Conv2D(
+            Conv2D(
                 s,
                 k,
                 strides=stride,
@@ -197,7 +197,7 @@ class PixelShuffleUpsample(keras.layers.Layer):
     def __init__(self, dim_out, **kwargs):
         super().__init__(**kwargs)
         self.dim_out = dim_out
-        self.conv = keras.layers.Conv2D(
+        self.conv = Conv2D(
             dim_out * 4,
             1,
             kernel_initializer=ICNRInitializer(2),
