@@ -271,10 +271,16 @@ def main():
         metavar="JSONL",
         help="write the markdown report of an existing run and exit",
     )
+    p.add_argument(
+        "--flops",
+        default=None,
+        metavar="JSON",
+        help="train-step FLOPs and matmul peak from bench/flops.py, for a GFLOP/s column",
+    )
     args = p.parse_args()
 
     if args.summarize:
-        write_report(args.summarize)
+        write_report(args.summarize, args.flops)
         return
 
     stamp = time.strftime("%Y%m%d-%H%M")
@@ -315,7 +321,7 @@ def main():
                         file=sys.stderr,
                         flush=True,
                     )
-    write_report(path)
+    write_report(path, args.flops)
 
 
 def read_jsonl(path):
@@ -323,8 +329,12 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_report(path):
+def write_report(path, flops_path=None):
     records = read_jsonl(path)
+    flops = None
+    if flops_path:
+        with open(flops_path) as f:
+            flops = json.load(f)
     run = next((r for r in records if r.get("kind") == "run"), {})
     m = run.get("machine") or next((r["machine"] for r in records if r.get("machine")), {})
     versions = {}
@@ -353,7 +363,7 @@ def write_report(path):
     )
     out = os.path.splitext(path)[0] + ".md"
     with open(out, "w") as f:
-        f.write(stats.report(records, header))
+        f.write(stats.report(records, header, flops=flops))
     print(f"# wrote {out}", file=sys.stderr)
     return out
 

@@ -113,9 +113,9 @@ def against_target(a, ref, factor, busy=False):
         return dict(kind="none", ratio=None, text="not measured")
     ratio = statistics.median(a["round_medians"]) / statistics.median(ref["round_medians"])
     if min(a["rounds"], ref["rounds"]) < MIN_ROUNDS:
-        return dict(kind="none", ratio=ratio, text=f"fewer than {MIN_ROUNDS} rounds")
+        return dict(kind="none", ratio=ratio, text=f"{ratio:.2f}x, fewer than {MIN_ROUNDS} rounds")
     if busy:
-        return dict(kind="none", ratio=ratio, text="machine not quiet")
+        return dict(kind="none", ratio=ratio, text=f"{ratio:.2f}x, machine not quiet")
     (a_lo, a_hi), (r_lo, r_hi) = a["interval"], ref["interval"]
     if a_hi < factor * r_lo:
         return dict(kind="met", ratio=ratio, text=f"{ratio:.2f}x")
@@ -155,7 +155,9 @@ def targets_row(summaries):
     ref = summaries.get(REFERENCE)
     ours = {impl: s for impl, s in summaries.items() if impl != REFERENCE}
     if ref is None or not ours:
-        return ["? no reference measured"] * 4
+        return [
+            "? " + ("no reference measured" if ref is None else "no keras backend measured")
+        ] * 4
 
     def verdicts(metric, factor):
         return {

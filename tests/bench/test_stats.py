@@ -193,7 +193,13 @@ class TargetsTest(unittest.TestCase):
         recs = self.recs(jax=[0.5, 0.5, 0.5], tf=[0.5, 0.5, 0.5], jax_load=4.0)
         cells = [c.strip() for c in targets_md(recs).split("|")[2:-1]]
         self.assertTrue(cells[1].startswith("? undetermined"), cells[1])
-        self.assertIn("machine not quiet", targets_md(recs))
+        self.assertIn("keras/jax 0.24x, machine not quiet", targets_md(recs))
+
+    def test_group_without_keras_or_reference(self):
+        only_ref = [r for r in self.recs(jax=[1.0], tf=[1.0]) if r["impl"] == REF]
+        self.assertIn("? no keras backend measured", targets_md(only_ref))
+        no_ref = [r for r in self.recs(jax=[1.0], tf=[1.0]) if r["impl"] != REF]
+        self.assertIn("? no reference measured", targets_md(no_ref))
 
 
 class FlopsTest(unittest.TestCase):
