@@ -72,8 +72,10 @@ def conv2d(inputs, kernel, strides, padding, dilation_rate, groups=1):
             import torch
 
             x = keras.ops.convert_to_tensor(inputs).permute(0, 3, 1, 2)
-            w = keras.ops.convert_to_tensor(kernel).permute(3, 2, 0, 1)
-            w = w.contiguous(memory_format=torch.channels_last)
+            # A contiguous OIHW kernel (small): torch's half-precision CPU convolution
+            # needs it ("slow_conv2d: grad_weight must be contiguous"), and oneDNN picks
+            # channels-last memory from the input alone.
+            w = keras.ops.convert_to_tensor(kernel).permute(3, 2, 0, 1).contiguous()
             out = torch.nn.functional.conv2d(x, w, stride=strides, padding=pad)
             return out.permute(0, 2, 3, 1)
     return keras.ops.conv(
