@@ -127,26 +127,20 @@ def against_target(a, ref, factor, busy=False):
 _MARK = {"met": "✓ met", "missed": "✗ missed", "none": "? undetermined"}
 
 
-def _best_of(verdicts):
-    """Target met by the best implementation: met if any met, missed if all missed."""
+def _combine(verdicts, every):
+    """One cell: the target met by the best implementation (met if any met, missed if all
+    missed) or, with `every`, by every implementation (missed if any missed, met if all
+    met); the ratio shown is the best's or the worst's."""
     kinds = {v["kind"] for v in verdicts.values()}
-    kind = "met" if "met" in kinds else "missed" if kinds == {"missed"} else "none"
+    if every:
+        kind = "missed" if "missed" in kinds else "met" if kinds == {"met"} else "none"
+    else:
+        kind = "met" if "met" in kinds else "missed" if kinds == {"missed"} else "none"
     shown = [(v["ratio"], impl, v) for impl, v in verdicts.items() if v["ratio"] is not None]
     if not shown:
         return f"{_MARK[kind]} (not measured)"
-    ratio, impl, v = min(shown, key=lambda x: x[0])
-    return f"{_MARK[kind]}: best {impl} {v['text']}"
-
-
-def _every_of(verdicts):
-    """Target met by every implementation: missed if any missed, met if all met."""
-    kinds = {v["kind"] for v in verdicts.values()}
-    kind = "missed" if "missed" in kinds else "met" if kinds == {"met"} else "none"
-    shown = [(v["ratio"], impl, v) for impl, v in verdicts.items() if v["ratio"] is not None]
-    if not shown:
-        return f"{_MARK[kind]} (not measured)"
-    ratio, impl, v = max(shown, key=lambda x: x[0])
-    return f"{_MARK[kind]}: worst {impl} {v['text']}"
+    ratio, impl, v = (max if every else min)(shown, key=lambda x: x[0])
+    return f"{_MARK[kind]}: {'worst' if every else 'best'} {impl} {v['text']}"
 
 
 def targets_row(summaries):
@@ -180,9 +174,9 @@ def targets_row(summaries):
     else:
         rss = f"✓ met: all ≤ reference {rss_ref:.0f} MB"
     return [
-        _best_of(verdicts("train", TARGETS["train_best"])),
-        _every_of(verdicts("train", TARGETS["train_every"])),
-        _best_of(verdicts("sample", TARGETS["sample_best"])),
+        _combine(verdicts("train", TARGETS["train_best"]), every=False),
+        _combine(verdicts("train", TARGETS["train_every"]), every=True),
+        _combine(verdicts("sample", TARGETS["sample_best"]), every=False),
         rss,
     ]
 
