@@ -19,6 +19,7 @@ import keras
 import pytest
 
 import imagen_keras
+from tests.distribution import TWO_HOST_DEVICES_XLA_FLAGS
 
 BACKEND = keras.backend.backend()
 WORKER = pathlib.Path(__file__).with_name("multi_device_worker.py")
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def report():
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {TWO_HOST_DEVICES_XLA_FLAGS}"
     env["JAX_PLATFORMS"] = "cpu"
     package_root = str(pathlib.Path(imagen_keras.__file__).parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)

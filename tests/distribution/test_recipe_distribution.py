@@ -12,6 +12,7 @@ import keras
 import pytest
 
 import imagen_keras
+from tests.distribution import TWO_HOST_DEVICES_XLA_FLAGS
 from imagen_keras.training import checkpoint_metadata
 from tests.recipes.test_train_cli import write_recipe
 
@@ -41,7 +42,7 @@ def test_recipe_trains_on_two_devices_from_its_distribution_key(tmp_path):
     package_root = str(pathlib.Path(imagen_keras.__file__).parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     if BACKEND == "jax":
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {TWO_HOST_DEVICES_XLA_FLAGS}"
         env["JAX_PLATFORMS"] = "cpu"
         command = [sys.executable, "-m", "imagen_keras.recipes.train", *arguments]
         command.append("train.distribution=data_parallel")
