@@ -12,8 +12,8 @@ import keras
 import pytest
 
 import imagen_keras
-from tests.distribution import TWO_HOST_DEVICES_XLA_FLAGS
 from imagen_keras.training import checkpoint_metadata
+from tests.distribution import TWO_HOST_DEVICES_XLA_FLAGS
 from tests.recipes.test_train_cli import write_recipe
 
 BACKEND = keras.backend.backend()
