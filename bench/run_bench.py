@@ -12,6 +12,11 @@ reference, keras/tensorflow, keras/jax, keras/torch, reference, ... so slow drif
 machine hit all of them alike. Before each worker it waits (up to `--settle-s`) for the
 1-minute load average to fall to `0.5 + threads` and records what it read.
 
+Variants (`VARIANTS`): a setting a user can make, run as one more implementation in the
+same rounds, e.g. `--impls reference tensorflow jax jax-no-ynn torch` adds JAX with XLA's
+YNNPACK fusions off (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`), reported as
+its own row.
+
 Threads (`--threads N`): the worker's environment gets OMP/MKL/OpenBLAS/TF thread
 variables = N and, for N = 1, `XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
 intra_op_parallelism_threads=1`; the worker then calls torch.set_num_threads /
@@ -48,6 +53,15 @@ import stats  # noqa: E402
 from worker import RECORD_PREFIX  # noqa: E402
 
 IMPLS = ("reference", "tensorflow", "jax", "torch")
+# Settings a user can make, benched as implementations of their own (`--impls jax
+# jax-no-ynn ...`): name -> (backend, environment added, row name in the report).
+VARIANTS = {
+    "jax-no-ynn": (
+        "jax",
+        {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="},
+        "keras/jax, YNNPACK fusions off",
+    ),
+}
 DEFAULT_REF_DIR = os.environ.get("IMAGEN_REF_DIR", "/tmp/imagen-pytorch-ref")
 
 
@@ -163,10 +177,20 @@ def worker_env(args, impl):
         )
         env.pop("PYTHONPATH", None)
     else:
-        env["KERAS_BACKEND"] = impl
+        backend, extra, label = VARIANTS.get(impl, (impl, {}, None))
+        env["KERAS_BACKEND"] = backend
+        for key, value in extra.items():  # appended to what the thread settings set
+            env[key] = f"{env[key]} {value}" if env.get(key) else value
+        if label:
+            env["BENCH_IMPL_LABEL"] = label
         if args.keras_pythonpath:  # e.g. a snapshot of a committed imagen_keras
             env["PYTHONPATH"] = args.keras_pythonpath
     return env
+
+
+def impl_name(impl):
+    """The report's row name of a keras implementation or variant."""
+    return VARIANTS[impl][2] if impl in VARIANTS else f"keras/{impl}"
 
 
 def run_worker(args, impl, config, batch, rnd):
@@ -187,7 +211,7 @@ def run_worker(args, impl, config, batch, rnd):
         decode = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
         stdout, stderr, rc = decode(e.stdout), decode(e.stderr), f"timeout {args.timeout} s"
     line = next((x for x in reversed(stdout.splitlines()) if x.startswith(RECORD_PREFIX)), None)
-    name = "imagen-pytorch" if impl == "reference" else f"keras/{impl}"
+    name = "imagen-pytorch" if impl == "reference" else impl_name(impl)
     rec = (
         json.loads(line[len(RECORD_PREFIX) :])
         if line
@@ -217,7 +241,7 @@ def main():
         "--configs", nargs="+", default=list(configs.CONFIGS), choices=sorted(configs.CONFIGS)
     )
     p.add_argument("--batches", nargs="+", type=int, default=list(configs.BATCH_SIZES))
-    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + tuple(VARIANTS))
     p.add_argument("--threads", type=int, default=2, help="threads per worker (1 or 2)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup-steps", type=int, default=2)

@@ -88,7 +88,7 @@ def keras_case(args, record):
     import imagen_keras
     from imagen_keras import Imagen, Unet
 
-    record["impl"] = f"keras/{backend}"
+    record["impl"] = os.environ.get("BENCH_IMPL_LABEL") or f"keras/{backend}"
     versions = dict(
         keras=keras.__version__, imagen_keras=imagen_keras.__version__, numpy=np.__version__
     )
@@ -347,7 +347,8 @@ def main():
         argv=sys.argv[1:],
         impl="imagen-pytorch"
         if args.impl == "reference"
-        else "keras/" + os.environ.get("KERAS_BACKEND", "tensorflow"),
+        else os.environ.get("BENCH_IMPL_LABEL")
+        or "keras/" + os.environ.get("KERAS_BACKEND", "tensorflow"),
     )
     t0 = time.perf_counter()
     with measure.LoadMonitor() as whole:

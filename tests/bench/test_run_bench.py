@@ -67,3 +67,16 @@ class ThreadSettingsTest(unittest.TestCase):
         env = run_bench.worker_env(args(), "jax")
         self.assertEqual(env["KERAS_BACKEND"], "jax")
         self.assertEqual(run_bench.worker_env(args(), "reference")["HF_HUB_OFFLINE"], "1")
+
+    def test_a_variant_is_its_backend_with_its_setting_and_its_own_row(self):
+        env = run_bench.worker_env(args(), "jax-no-ynn")
+        self.assertEqual(env["KERAS_BACKEND"], "jax")
+        self.assertIn("--xla_cpu_experimental_ynn_fusion_type=", env["XLA_FLAGS"].split())
+        self.assertEqual(env["BENCH_IMPL_LABEL"], "keras/jax, YNNPACK fusions off")
+        # at 1 thread the variant's flag comes on top of the thread limits
+        one = run_bench.worker_env(args(threads=1), "jax-no-ynn")["XLA_FLAGS"].split()
+        self.assertIn("intra_op_parallelism_threads=1", one)
+        self.assertIn("--xla_cpu_experimental_ynn_fusion_type=", one)
+        self.assertNotIn("BENCH_IMPL_LABEL", run_bench.worker_env(args(), "jax"))
+        self.assertEqual(run_bench.impl_name("jax-no-ynn"), "keras/jax, YNNPACK fusions off")
+        self.assertEqual(run_bench.impl_name("torch"), "keras/torch")
