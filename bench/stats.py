@@ -256,6 +256,18 @@ def metric_rounds(recs, metric):
     return [(r.get(key[0]) or {}).get(key[1]) or [] for r in recs]
 
 
+def peak_phase(rec, tolerance=0.02):
+    """The first phase after which the record's peak RSS was within `tolerance` of its
+    final peak (`build`, `warmup` = first steps with trace/compile, `train`, `sample`);
+    None for records without per-phase figures."""
+    after = rec.get("peak_rss_mb_after") or {}
+    final = rec.get("peak_rss_mb") or max(after.values(), default=0)
+    for phase, mb in after.items():
+        if mb >= (1 - tolerance) * final:
+            return phase
+    return None
+
+
 def summarize_impl(recs):
     s = {
         m: describe(metric_rounds(recs, m)) for m in ("train", "train_cpu", "sample", "sample_cpu")
@@ -273,6 +285,7 @@ def summarize_impl(recs):
     threads = [t for t in threads if t]
     s["os_threads"] = (min(threads), max(threads)) if threads else None
     s["peak_rss_mb"] = max((r.get("peak_rss_mb") or 0) for r in recs) or None
+    s["peak_rss_phase"] = sorted({p for r in recs if (p := peak_phase(r))})
     s["spread"] = any(s[m] and s[m]["rel_spread"] > MAX_REL_SPREAD for m in ("train", "sample"))
     return s
 
@@ -295,6 +308,13 @@ def _util(s, metric="train"):
     if not wall or not cpu or not wall["median"]:
         return "-"
     return f"{cpu['median']:.3g} ({cpu['median'] / wall['median']:.2f})"
+
+
+def _rss(s):
+    if not s["peak_rss_mb"]:
+        return "-"
+    phase = f" (set in {'/'.join(s['peak_rss_phase'])})" if s["peak_rss_phase"] else ""
+    return f"{s['peak_rss_mb']:g}{phase}"
 
 
 def _verdict_cell(v):
@@ -332,7 +352,7 @@ def report(records, header=None, flops=None):
             + "| OS threads | first step s "
             "| train vs reference | sample s/step: median [IQR] (round medians) "
             "| sample CPU s/step (CPU/wall) | sample vs reference | 1st sample call s "
-            "| peak RSS MB | flags |",
+            "| peak RSS MB (phase that set it) | flags |",
             "|---" * (13 if flops else 12) + "|",
         ]
         summaries = {impl: summarize_impl(recs) for impl, recs in impls.items()}
@@ -395,7 +415,7 @@ def report(records, header=None, flops=None):
                 + f"| {os_threads} | {first} "
                 f"| {cells['train']} | {_fig(s['sample'])} | {_util(s, 'sample')} "
                 f"| {cells['sample']} | {first_sample} "
-                f"| {s['peak_rss_mb'] or '-'} | {' '.join(flags)} |"
+                f"| {_rss(s)} | {' '.join(flags)} |"
             )
         lines.append("")
 

@@ -256,12 +256,15 @@ def run_phases(args, record, build, train_step, make_sampler, sample):
     with measure.Timer() as t:
         imagen = build()
     record["build"] = dict(wall_s=round(t.wall, 3), cpu_s=round(t.cpu, 3))
+    # the process's peak RSS so far, after each phase: which phase sets the peak
+    peaks = record["peak_rss_mb_after"] = {"build": measure.peak_rss_mb()}
     warm = []
     for _ in range(max(args.warmup_steps, 1)):
         with measure.Timer() as t:
             train_step(imagen)
         warm.append(dict(wall_s=round(t.wall, 3), cpu_s=round(t.cpu, 3)))
     record["train_warmup"] = warm
+    peaks["warmup"] = measure.peak_rss_mb()
     record["threads_after_warmup"] = measure.thread_count()
 
     with measure.LoadMonitor() as mon:
@@ -274,6 +277,7 @@ def run_phases(args, record, build, train_step, make_sampler, sample):
         stop=reason,
         load=mon.result,
     )
+    peaks["train"] = measure.peak_rss_mb()
 
     steps = args.sample_steps or c["sample_steps"]
     n_calls = steps * len(c["image_sizes"])  # denoising steps over all stages
@@ -299,6 +303,7 @@ def run_phases(args, record, build, train_step, make_sampler, sample):
         cpu_s_per_step=[round(x, 4) for x in cpus],
         load=mon.result,
     )
+    peaks["sample"] = measure.peak_rss_mb()
 
 
 def main():

@@ -238,3 +238,25 @@ class NoBackendImportTest(unittest.TestCase):
             timeout=30,
         )
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+
+
+class PeakPhaseTest(unittest.TestCase):
+    def test_the_first_phase_that_reached_the_peak(self):
+        after = dict(build=800.0, warmup=3000.0, train=3010.0, sample=3050.0)
+        rec = dict(peak_rss_mb=3050.0, peak_rss_mb_after=after)
+        self.assertEqual(stats.peak_phase(rec), "warmup")  # 3000 is within 2 % of 3050
+        after = dict(build=800.0, warmup=2000.0, train=2100.0, sample=3050.0)
+        self.assertEqual(
+            stats.peak_phase(dict(peak_rss_mb=3050.0, peak_rss_mb_after=after)), "sample"
+        )
+        self.assertIsNone(stats.peak_phase(dict(peak_rss_mb=3050.0)))  # an older record
+
+    def test_the_report_names_the_phase(self):
+        recs = [
+            dict(
+                record(impl, 1, [1.0, 1.0, 1.0]),
+                peak_rss_mb_after=dict(build=500.0, warmup=1000.0, train=1000.0, sample=1000.0),
+            )
+            for impl in (REF, JAX)
+        ]
+        self.assertIn("| 1000 (set in warmup) |", stats.report(recs, dict(date="today")))
