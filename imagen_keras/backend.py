@@ -258,6 +258,38 @@ def enable_compilation_cache(path=None):
     return str(path)
 
 
+YNN_FUSIONS_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def set_cpu_xla_flags():
+    """JAX: turn XLA's YNNPACK fusions off for CPU programs, unless the user chose.
+
+    With jaxlib 0.10, XLA's CPU compiler hands matmuls and the element-wise ops around
+    them to YNNPACK; on this project's unets that kept one of two cores idle part of
+    the time: with `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` the train step
+    of the 64 and 128 px benchmark configs took 0.76-0.77x the time and sampling 0.68-0.73x
+    (2-core CPU, `bench/results/20261206-2114_*`; level at 32 px). XLA reads
+    `XLA_FLAGS` once, when JAX starts its CPU backend, so this appends the flag only if
+    that has not happened yet, the user's `XLA_FLAGS` do not mention YNNPACK fusions,
+    and jaxlib is 0.10 or newer (older XLA may not know the flag and would stop the
+    process). The training and sampling commands call it first. Returns whether it
+    changed `XLA_FLAGS`; False on other backends.
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_experimental_ynn_fusion_type" in flags:
+        return False
+    import jaxlib
+    from jax._src import xla_bridge
+
+    version = tuple(int(p) for p in jaxlib.__version__.split(".")[:2] if p.isdigit())
+    if version < (0, 10) or xla_bridge.backends_are_initialized():
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FUSIONS_OFF}".strip()
+    return True
+
+
 def gfile():
     """TensorFlow's `tf.io.gfile`, which reads and writes URLs (gs://, s3://, ...)."""
     try:

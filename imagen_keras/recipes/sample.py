@@ -95,8 +95,9 @@ def generate(args):
 
 
 def sample_from_args(args):
-    from imagen_keras.backend import enable_compilation_cache
+    from imagen_keras.backend import enable_compilation_cache, set_cpu_xla_flags
 
+    set_cpu_xla_flags()
     enable_compilation_cache()
     try:
         generate(args)

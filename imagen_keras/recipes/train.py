@@ -336,8 +336,9 @@ def add_train_arguments(parser):
 
 def train_from_args(args):
     """Run `args` (from `add_train_arguments`); returns the process exit code."""
-    from imagen_keras.backend import enable_compilation_cache
+    from imagen_keras.backend import enable_compilation_cache, set_cpu_xla_flags
 
+    set_cpu_xla_flags()
     enable_compilation_cache()
     try:
         recipe = load_recipe(args.config, args.overrides)
