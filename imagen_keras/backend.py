@@ -281,10 +281,17 @@ def set_cpu_xla_flags():
     if "xla_cpu_experimental_ynn_fusion_type" in flags:
         return False
     import jaxlib
-    from jax._src import xla_bridge
 
     version = tuple(int(p) for p in jaxlib.__version__.split(".")[:2] if p.isdigit())
-    if version < (0, 10) or xla_bridge.backends_are_initialized():
+    if version < (0, 10):
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # a JAX that cannot tell: leave XLA_FLAGS alone
+        return False
+    if started:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {YNN_FUSIONS_OFF}".strip()
     return True

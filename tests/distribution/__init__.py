@@ -1,7 +1,7 @@
 # Two forced host devices for JAX. XLA's CPU collectives abort the process when one
 # device's program reaches an all-reduce and the other's does not arrive within
-# `xla_cpu_collective_call_terminate_timeout_seconds` (default 40 s). In CI this happened
-# twice (stops 22 and 23), both times in the recipe test while it trained eagerly
+# `xla_cpu_collective_call_terminate_timeout_seconds` (default 40 s). In full-suite runs
+# this happened twice (2026-12-06), both times in the recipe test while it trained eagerly
 # (`jit_compile: false`, every op its own two-device program), and the second time with
 # this timeout at 600 s and the machine idle: a hang, not a slow thread. That test now
 # trains with jit, as users do by default. 120 s still tolerates a thread starved by a

@@ -35,8 +35,8 @@ TF_DRIVER = (
 
 
 def test_recipe_trains_on_two_devices_from_its_distribution_key(tmp_path):
-    # jit, the default: eager two-device steps hung twice in XLA's CPU all-reduce in CI
-    # (see tests/distribution/__init__.py)
+    # jit, the default: eager two-device steps hung twice in XLA's CPU all-reduce in
+    # full-suite runs (see tests/distribution/__init__.py)
     recipe = write_recipe(
         tmp_path, steps=2, checkpoint_every=2, sample_every=None, jit_compile="auto"
     )
