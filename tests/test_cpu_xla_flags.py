@@ -75,3 +75,17 @@ def test_other_backends_leave_xla_flags_alone(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     assert set_cpu_xla_flags() is False
     assert os.environ["XLA_FLAGS"] == ""
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA flags of the JAX backend")
+def test_the_training_command_turns_the_fusions_off():
+    # A missing recipe ends the command early (exit 2), after it set its flags.
+    script = (
+        "import os\n"
+        "from imagen_keras.recipes.train import main\n"
+        "print(main(['--config', '/no/such/recipe.yaml']), os.environ.get('XLA_FLAGS'))\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == f"2 {YNN_FUSIONS_OFF}", result.stderr[-2000:]
